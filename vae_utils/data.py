@@ -1,0 +1,217 @@
+"""Datasets in memory: float32 tensors in [0, 1] of shape (N, D), batched by slicing a shuffled index.
+
+MNIST and Fashion-MNIST are read by torchvision's own ``MNIST`` and ``FashionMNIST`` classes, Frey
+Face by ``scipy.io.loadmat``. Every file is checked against its MD5 before it is used.
+
+Where the files are looked for, in order: the ``data_dir`` argument, the ``VAE_DATA_DIR``
+environment variable, then ``<repo>/data``; a relative path is taken from the project root. The
+layout is torchvision's (``MNIST/raw/...``, ``FashionMNIST/raw/...``) plus
+``FreyFace/frey_rawface.mat``. Nothing is written to that folder unless a download is needed, so
+a read-only copy works.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+
+from vae_utils.config import PROJECT_ROOT, resolve_path
+
+#: Fixed seeds, independent of the training seed, so that every run sees the same data.
+SPLIT_SEED = 0  # Frey Face's train/test split
+STATIC_SEED = 1  # the one binarisation of ``binarize="static"``
+EVAL_SEED = 2  # the fixed binarisation used to *evaluate* a ``binarize="dynamic"`` run
+FREY_TEST_SIZE = 200
+TRAIN_EVAL_SIZE = 10_000  # training images on which the end-of-epoch train ELBO is evaluated
+
+_IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+#: The files each dataset needs, relative to the data root, with their MD5 checksums. The idx
+#: files are the uncompressed ones torchvision reads; their ``.gz`` archives are only used when
+#: torchvision downloads.
+EXPECTED_FILES = {
+    "mnist": dict(zip((f"MNIST/raw/{f}" for f in _IDX), (
+        "6bbc9ace898e44ae57da46a324031adb", "a25bea736e30d166cdddb491f175f624",
+        "2646ac647ad5339dbf082846283269ea", "27ae3e4e09519cfbb04c329615203637"))),
+    "fashion_mnist": dict(zip((f"FashionMNIST/raw/{f}" for f in _IDX), (
+        "f4a8712d7a061bf5bd6d2ca38dc4d50a", "9018921c3c673c538a1fc5bad174d6f9",
+        "8181f5470baa50b63fa0f6fddb340f0a", "15d484375f8d13e6eb1aabb0c3f46965"))),
+    "frey_face": {"FreyFace/frey_rawface.mat": "5aeb024d42b8a6091f30e5eb18c8a48d"},
+}
+
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CLASSES = {"mnist": tuple(str(d) for d in range(10)), "fashion_mnist": FASHION_CLASSES,
+           "frey_face": None}
+IMAGE_SHAPES = {"mnist": (28, 28), "fashion_mnist": (28, 28), "frey_face": (28, 20)}
+
+
+class DatasetError(OSError):
+    """A dataset could not be read: missing files, or files that fail their checksum."""
+
+
+class DatasetNotFoundError(DatasetError, FileNotFoundError):
+    """The dataset's files are not in the data folder and could not be downloaded."""
+
+
+class DatasetCorruptError(DatasetError):
+    """A dataset file is present but truncated or corrupt (its MD5 does not match)."""
+
+
+@dataclass
+class Data:
+    """One dataset in memory. ``x_*`` are (N, D) float32 in [0, 1]; ``y_*`` are class labels or None.
+
+    ``x_test`` and ``x_train_eval`` are what the ELBO is *evaluated* on: for ``binarize="dynamic"``
+    they are binarised once with :data:`EVAL_SEED`, while ``x_train`` stays grey and
+    :func:`batches` resamples it every time a batch is drawn.
+    """
+
+    name: str
+    x_train: torch.Tensor
+    y_train: Optional[torch.Tensor]
+    x_test: torch.Tensor
+    y_test: Optional[torch.Tensor]
+    x_train_eval: torch.Tensor
+    image_shape: tuple
+    classes: Optional[tuple]
+    binarize: str = "none"
+
+    @property
+    def dim(self) -> int:
+        return self.x_train.shape[1]
+
+
+def data_root(data_dir: str | Path | None = None) -> Path:
+    """The folder datasets are read from: ``data_dir``, else ``$VAE_DATA_DIR``, else ``<repo>/data``."""
+    if data_dir is not None:
+        return resolve_path(data_dir)
+    if os.environ.get("VAE_DATA_DIR"):
+        return resolve_path(os.environ["VAE_DATA_DIR"])
+    return PROJECT_ROOT / "data"
+
+
+def md5sum(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _where_hint() -> str:
+    return ("Point VAE_DATA_DIR (or the data_dir argument) at a folder in torchvision's layout "
+            f"(currently VAE_DATA_DIR={os.environ.get('VAE_DATA_DIR', '<unset>')!r}).")
+
+
+def _torchvision_class(name: str):
+    import torchvision
+
+    return {"mnist": torchvision.datasets.MNIST,
+            "fashion_mnist": torchvision.datasets.FashionMNIST}.get(name)
+
+
+def ensure_files(name: str, root: Path, download: bool = True) -> None:
+    """Check that ``name``'s files are under ``root`` with the right MD5; download them if allowed.
+
+    Raises :class:`DatasetNotFoundError` naming the dataset, the folder, the files and
+    ``VAE_DATA_DIR`` when files are missing and cannot be fetched (Frey Face never is: torchvision
+    has no downloader for it), and :class:`DatasetCorruptError` when a file's checksum is wrong.
+    """
+    expected = EXPECTED_FILES[name]
+    missing = [f for f in expected if not (root / f).is_file()]
+    cls = _torchvision_class(name)
+    if cls is None:
+        reason = "torchvision cannot download it: get frey_rawface.mat from https://cs.nyu.edu/~roweis/data.html"
+    elif not download:
+        reason = "download disabled"
+    elif missing:
+        reason = "torchvision's download left them missing"
+        try:
+            for train in (True, False):
+                cls(str(root), train=train, download=True)
+        except Exception as error:  # network, permissions, a read-only root...
+            reason = f"download failed: {type(error).__name__}: {str(error).strip().splitlines()[-1]}"
+        missing = [f for f in expected if not (root / f).is_file()]
+    if missing:
+        raise DatasetNotFoundError(
+            f"dataset {name!r} not found in {root}: missing {', '.join(missing)} "
+            f"({reason}). Expected files: {', '.join(expected)}. {_where_hint()}")
+    for f, md5 in expected.items():
+        actual = md5sum(root / f)
+        if actual != md5:
+            raise DatasetCorruptError(
+                f"dataset {name!r}: {root / f} is truncated or corrupt (MD5 {actual}, expected "
+                f"{md5}). Replace it with a good copy, or delete it to download it again. "
+                f"{_where_hint()}")
+
+
+def _read(name: str, root: Path):
+    """Raw images (N, H, W) uint8 and labels (N,) or None, for train and test."""
+    if name == "frey_face":
+        from scipy.io import loadmat
+
+        faces = torch.from_numpy(loadmat(root / "FreyFace/frey_rawface.mat")["ff"].T.copy())
+        faces = faces.reshape(-1, *IMAGE_SHAPES[name])
+        order = torch.randperm(len(faces), generator=torch.Generator().manual_seed(SPLIT_SEED))
+        test, train = order[:FREY_TEST_SIZE], order[FREY_TEST_SIZE:]
+        return faces[train], None, faces[test], None
+    cls = _torchvision_class(name)
+    train, test = cls(str(root), train=True), cls(str(root), train=False)
+    return train.data, train.targets, test.data, test.targets
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None, *, binarize: str = "none",
+                 train_subset: Optional[int] = None, test_subset: Optional[int] = None,
+                 device: str | torch.device = "cpu", download: bool = True) -> Data:
+    """Load ``"mnist"``, ``"fashion_mnist"`` or ``"frey_face"`` into memory on ``device``.
+
+    Frey Face (1965 faces of 28x20) has no official split: its images are shuffled by
+    ``torch.randperm`` under seed :data:`SPLIT_SEED` = 0, the first 200 form the test set and the
+    other 1765 the training set.
+
+    ``train_subset`` / ``test_subset`` keep the first n images. ``binarize`` is ``"none"``,
+    ``"static"`` (train and test binarised once, seed :data:`STATIC_SEED`) or ``"dynamic"`` (see
+    :class:`Data`).
+    """
+    from vae_utils.config import BINARIZATIONS, DATASETS
+
+    if name not in DATASETS:
+        raise ValueError(f"dataset = {name!r} is invalid: allowed one of {DATASETS}")
+    if binarize not in BINARIZATIONS:
+        raise ValueError(f"binarize = {binarize!r} is invalid: allowed one of {BINARIZATIONS}")
+    root = data_root(data_dir)
+    ensure_files(name, root, download)
+    x_train, y_train, x_test, y_test = _read(name, root)
+    x_train, x_test = (x.reshape(len(x), -1)[:n].to(device, torch.float32) / 255.0
+                       for x, n in ((x_train, train_subset), (x_test, test_subset)))
+    y_train, y_test = (None if y is None else y[:n].to(device)
+                       for y, n in ((y_train, train_subset), (y_test, test_subset)))
+    x_train_eval = x_train[:TRAIN_EVAL_SIZE]
+    if binarize == "static":
+        g = torch.Generator(device).manual_seed(STATIC_SEED)
+        x_train, x_test = torch.bernoulli(x_train, generator=g), torch.bernoulli(x_test, generator=g)
+        x_train_eval = x_train[:TRAIN_EVAL_SIZE]
+    elif binarize == "dynamic":
+        g = torch.Generator(device).manual_seed(EVAL_SEED)
+        x_test, x_train_eval = torch.bernoulli(x_test, generator=g), torch.bernoulli(x_train_eval, generator=g)
+    return Data(name, x_train, y_train, x_test, y_test, x_train_eval, IMAGE_SHAPES[name],
+                CLASSES[name], binarize)
+
+
+def batches(x: torch.Tensor, batch_size: int, generator: torch.Generator,
+            dynamic_binarize: bool = False) -> Iterator[torch.Tensor]:
+    """Minibatches of ``x`` in a fresh random order: slices of one shuffled index.
+
+    With ``dynamic_binarize`` each batch is resampled as Bernoulli(x) on the way out (Burda et al.'s
+    dynamic binarisation). The last batch is smaller when ``batch_size`` does not divide N.
+    """
+    order = torch.randperm(len(x), generator=generator, device=x.device)
+    for start in range(0, len(x), batch_size):
+        batch = x[order[start:start + batch_size]]
+        yield torch.bernoulli(batch, generator=generator) if dynamic_binarize else batch

@@ -1,0 +1,173 @@
+"""The VAE of Kingma & Welling (2013): one-hidden-layer MLP encoder q_phi(z|x) and decoder p_theta(x|z).
+
+Paper equations referred to below: eq. 11 (Bernoulli MLP decoder), eq. 12 (Gaussian MLP, used as
+the encoder and as the Frey Face decoder). The prior is p(z) = N(0, I).
+"""
+from __future__ import annotations
+
+
+import torch
+from torch import nn
+
+from vae_utils.config import TrainConfig
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+def mlp(n_in: int, n_hidden: int, n_out: int, activation: str) -> nn.Sequential:
+    """Linear -> activation -> Linear: the one-hidden-layer MLP of the paper's App. C."""
+    return nn.Sequential(nn.Linear(n_in, n_hidden), ACTIVATIONS[activation](), nn.Linear(n_hidden, n_out))
+
+
+class GaussianEncoder(nn.Module):
+    """q_phi(z|x) = N(z; mu, diag sigma^2) with [mu, log sigma^2] = MLP(x) (eq. 12, App. C.2).
+
+    Both heads come out of one output layer of size 2 N_z: one matrix multiply instead of two.
+    """
+
+    def __init__(self, data_dim: int, hidden_dim: int, latent_dim: int, activation: str = "tanh"):
+        super().__init__()
+        self.net = mlp(data_dim, hidden_dim, 2 * latent_dim, activation)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (mu, log sigma^2), each (..., N_z)."""
+        mu, logvar = self.net(x).chunk(2, dim=-1)
+        return mu, logvar
+
+
+class BernoulliDecoder(nn.Module):
+    """p_theta(x|z) = prod_i Bernoulli(x_i; y_i), y = sigmoid(MLP(z)) (eq. 11), kept as logits.
+
+    The log-likelihood is computed from the logits (never sigmoid-then-log), so it stays finite
+    and accurate for saturated pixels.
+    """
+
+    def __init__(self, latent_dim: int, hidden_dim: int, data_dim: int, activation: str = "tanh"):
+        super().__init__()
+        self.net = mlp(latent_dim, hidden_dim, data_dim, activation)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """The logits of y, (..., D)."""
+        return self.net(z)
+
+    def log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) summed over pixels, (...,)."""
+        from vae_utils.loss import bernoulli_log_likelihood
+
+        return bernoulli_log_likelihood(self(z), x)
+
+    def mean(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self(z))
+
+    def sample(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.bernoulli(self.mean(z), generator=generator)
+
+
+class GaussianDecoder(nn.Module):
+    """p_theta(x|z) = N(x; mu, diag sigma^2), h = tanh(W3 z + b3), mu = W4 h + b4,
+    log sigma^2 = W5 h + b5 (eq. 12), with two changes, both documented and optional:
+
+    * ``sigmoid_mean``: mu = sigmoid(W4 h + b4), the paper's Frey Face choice (data in (0, 1)).
+    * the log-variance is bounded below smoothly: log sigma^2 = m + softplus(a - m), where
+      a = W5 h + b5 and m = ``min_logvar``. It equals a when a >> m and never drops below m.
+      Unbounded, the likelihood of MNIST's many always-0 pixels grows without limit as sigma -> 0
+      and training runs off to -inf or NaN; with the bound each pixel contributes at most
+      -1/2 (log 2 pi + m) nats. ``min_logvar=-inf`` is not accepted; use a very low value to
+      approach the paper's unbounded form.
+    """
+
+    def __init__(self, latent_dim: int, hidden_dim: int, data_dim: int, activation: str = "tanh",
+                 min_logvar: float = -6.0, sigmoid_mean: bool = False):
+        super().__init__()
+        self.net = mlp(latent_dim, hidden_dim, 2 * data_dim, activation)
+        self.min_logvar = min_logvar
+        self.sigmoid_mean = sigmoid_mean
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, log sigma^2), each (..., D)."""
+        mu, raw = self.net(z).chunk(2, dim=-1)
+        if self.sigmoid_mean:
+            mu = torch.sigmoid(mu)
+        logvar = self.min_logvar + nn.functional.softplus(raw - self.min_logvar)
+        return mu, logvar
+
+    def log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        from vae_utils.loss import gaussian_log_density
+
+        return gaussian_log_density(x, *self(z))
+
+    def mean(self, z: torch.Tensor) -> torch.Tensor:
+        return self(z)[0]
+
+    def sample(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        mu, logvar = self(z)
+        return mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator,
+                                                          device=mu.device, dtype=mu.dtype)
+
+
+class VAE(nn.Module):
+    """Encoder q_phi(z|x), decoder p_theta(x|z) and the prior p(z) = N(0, I)."""
+
+    def __init__(self, data_dim: int, hidden_dim: int = 500, latent_dim: int = 2,
+                 decoder: str = "bernoulli", activation: str = "tanh", init: str = "pytorch",
+                 min_logvar: float = -6.0, sigmoid_mean: bool = False):
+        super().__init__()
+        self.data_dim, self.latent_dim = data_dim, latent_dim
+        self.encoder = GaussianEncoder(data_dim, hidden_dim, latent_dim, activation)
+        if decoder == "bernoulli":
+            self.decoder = BernoulliDecoder(latent_dim, hidden_dim, data_dim, activation)
+        elif decoder == "gaussian":
+            self.decoder = GaussianDecoder(latent_dim, hidden_dim, data_dim, activation,
+                                           min_logvar, sigmoid_mean)
+        else:
+            raise ValueError(f"decoder = {decoder!r} is invalid: allowed 'bernoulli' or 'gaussian'")
+        if init == "paper":
+            paper_init_(self)
+        elif init != "pytorch":
+            raise ValueError(f"init = {init!r} is invalid: allowed 'pytorch' or 'paper'")
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, data_dim: int) -> "VAE":
+        return cls(data_dim, config.hidden_dim, config.latent_dim, config.decoder,
+                   config.activation, config.init, config.min_logvar, config.sigmoid_mean)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, log sigma^2) of q(z|x)."""
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoder's mean E[x|z]: what reconstructions, samples shown as images and manifolds use."""
+        return self.decoder.mean(z)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """E[x|z] at z = the posterior mean mu(x)."""
+        return self.decode(self.encode(x)[0])
+
+    def sample_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n draws z ~ p(z) = N(0, I), (n, N_z)."""
+        device = next(self.parameters()).device
+        return torch.randn(n, self.latent_dim, generator=generator, device=device)
+
+    def sample_x(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x ~ p(x|z): a draw from the decoder, not its mean (pixel noise included)."""
+        return self.decoder.sample(z, generator)
+
+
+@torch.no_grad()
+def paper_init_(model: nn.Module, std: float = 0.01) -> None:
+    """Draw every parameter from N(0, std^2), the paper's "N(0, 0.01)" read as a standard deviation."""
+    for p in model.parameters():
+        p.normal_(0.0, std)
+
+
+def count_flops(model: VAE, batch_size: int, n_samples: int = 1) -> int:
+    """Multiply-add FLOPs (2 per MAC) of one training step's matrix multiplies: forward, plus the
+    backward pass's weight gradients and input gradients (none for the first layer, whose input
+    is data). Elementwise work is not counted."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    total = 0
+    for i, layer in enumerate(linears):
+        rows = batch_size if i < 2 else batch_size * n_samples  # encoder sees x once
+        macs = rows * layer.in_features * layer.out_features
+        total += 2 * macs * (2 if i == 0 else 3)
+    return total

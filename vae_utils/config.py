@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -31,7 +32,7 @@ INITS = ("pytorch", "paper")
 def resolve_path(path: str | Path) -> Path:
     """An absolute path as is; a relative one against :data:`PROJECT_ROOT`."""
     path = Path(path).expanduser()
-    return path if path.is_absolute() else PROJECT_ROOT / path
+    return Path(os.path.normpath(path if path.is_absolute() else PROJECT_ROOT / path))
 
 
 # The checks below are shared by TrainConfig and by the notebooks' validation cells, so that every

@@ -159,15 +159,3 @@ def paper_init_(model: nn.Module, std: float = 0.01) -> None:
     for p in model.parameters():
         p.normal_(0.0, std)
 
-
-def count_flops(model: VAE, batch_size: int, n_samples: int = 1) -> int:
-    """Multiply-add FLOPs (2 per MAC) of one training step's matrix multiplies: forward, plus the
-    backward pass's weight gradients and input gradients (none for the first layer, whose input
-    is data). Elementwise work is not counted."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    total = 0
-    for i, layer in enumerate(linears):
-        rows = batch_size if i < 2 else batch_size * n_samples  # encoder sees x once
-        macs = rows * layer.in_features * layer.out_features
-        total += 2 * macs * (2 if i == 0 else 3)
-    return total

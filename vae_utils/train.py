@@ -218,26 +218,17 @@ def train(config: TrainConfig, *, overwrite: bool = False, resume: bool = False,
             print(f"resuming {config.path} after epoch {state['epoch']}", flush=True)
 
     path = config.path
-    n_batches = math.ceil(len(data.x_train) / config.batch_size)
-    dynamic = config.binarize == "dynamic"
     while not state["finished"]:
         epoch = state["epoch"] + 1
         started = time.perf_counter()
-        losses = torch.empty(n_batches, device=device)
-        epoch_batches = batches(data.x_train, config.batch_size, data_gen, dynamic)
-        for i, x in enumerate(progress_bar(epoch_batches, progress and interactive(),
-                                           f"epoch {epoch}", "batch", n_batches)):
-            loss = -elbo(model, x, config.n_samples, config.kl, data_gen).elbo.mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses[i] = loss.detach()
+        losses = train_epoch(model, optimizer, data, config, data_gen, progress and interactive(),
+                             f"epoch {epoch}")
         finite = torch.isfinite(losses)
         if not bool(finite.all()):  # one host sync per epoch, not per step
             bad = int((~finite).nonzero()[0])
             raise TrainingDiverged(
                 f"the loss became {losses[bad].item()} at epoch {epoch}, batch {bad + 1} of "
-                f"{n_batches}: training stopped. The last good checkpoint (epoch {state['epoch']}) "
+                f"{len(losses)}: training stopped. The last good checkpoint (epoch {state['epoch']}) "
                 f"is kept in {path}. Try a smaller lr or, for the Gaussian decoder, a higher "
                 f"min_logvar.")
         row = {"epoch": epoch, "samples": epoch * len(data.x_train)}
@@ -261,6 +252,23 @@ def train(config: TrainConfig, *, overwrite: bool = False, resume: bool = False,
                 print(f"early stop: no better test ELBO for {config.patience} epochs; keeping epoch "
                       f"{state['best_epoch']} (test ELBO {state['best_elbo']:.2f})", flush=True)
     return load_run(path, device=device)
+
+
+def train_epoch(model: VAE, optimizer: torch.optim.Optimizer, data: Data, config: TrainConfig,
+                generator: torch.Generator, progress: bool = False, desc: str = "") -> torch.Tensor:
+    """One pass of minibatch SGVB over ``data.x_train`` (Algorithm 1): for each shuffled minibatch,
+    draw eps, step on -ELBO. Returns the minibatch losses (negative ELBO per datapoint), left on the
+    device: nothing here waits for the device, so the caller checks them once per epoch."""
+    n_batches = math.ceil(len(data.x_train) / config.batch_size)
+    losses = torch.empty(n_batches, device=data.x_train.device)
+    epoch_batches = batches(data.x_train, config.batch_size, generator, config.binarize == "dynamic")
+    for i, x in enumerate(progress_bar(epoch_batches, progress, desc, "batch", n_batches)):
+        loss = -elbo(model, x, config.n_samples, config.kl, generator).elbo.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses[i] = loss.detach()
+    return losses
 
 
 def _save(path: Path, model, optimizer, data_gen, state: dict, is_best: bool) -> None:

@@ -1,0 +1,121 @@
+"""Epoch time of vae_utils training against the common PyTorch-example loop, and the fraction of
+this machine's matrix-multiply peak each reaches. A script, not a test: run it on a quiet machine.
+
+    python benchmarks/bench_train.py            # both configurations, 3 timed epochs each
+    python benchmarks/bench_train.py --epochs 1 # quicker, noisier
+
+The reference loop is written the way pytorch/examples' vae/main.py does it: a torchvision MNIST
+dataset with ``ToTensor``, ``DataLoader(shuffle=True)``, sigmoid outputs fed to
+``F.binary_cross_entropy(reduction="sum")``, ``loss.item()`` every step and the optimizer's default
+implementation. Both loops train the same ``vae_utils.VAE`` with the same batch size and optimizer
+algorithm and step size. Only the training pass is timed (no evaluation, no checkpoints).
+
+FLOPs count the matrix multiplies of one training step (forward, weight gradients, and input
+gradients for every layer but the first): 2 per multiply-add. Peak is the best of a few
+4096x4096 float32 matmuls in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from vae_utils import TrainConfig, VAE, load_dataset
+from vae_utils.data import data_root
+from vae_utils.train import make_optimizer, train_epoch
+
+CONFIGS = {
+    "default (784-500-2 tanh, Adagrad 0.01, M=100)": TrainConfig(),
+    "pytorch example (784-400-20 ReLU, Adam 1e-3, M=128)": TrainConfig(
+        hidden_dim=400, latent_dim=20, activation="relu", optimizer="adam", lr=1e-3, batch_size=128),
+}
+
+
+def matmul_peak(n: int = 4096, repeats: int = 5) -> float:
+    """FLOP/s of the best of ``repeats`` n x n float32 matmuls."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best
+
+
+def step_flops(model: VAE, batch_size: int) -> int:
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    macs = [batch_size * m.in_features * m.out_features for m in linears]
+    return 2 * (2 * macs[0] + 3 * sum(macs[1:]))  # the first layer needs no input gradient
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def reference_epoch(model: VAE, optimizer, loader) -> float:
+    """One epoch the pytorch/examples way; returns the summed loss like the example prints it."""
+    model.train()
+    total = 0.0
+    for x, _ in loader:
+        x = x.view(-1, 784)
+        optimizer.zero_grad()
+        mu, logvar = model.encode(x)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        recon = torch.sigmoid(model.decoder(z))
+        kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+        loss = F.binary_cross_entropy(recon, x, reduction="sum") + kld
+        loss.backward()
+        optimizer.step()
+        total += loss.item()
+    return total
+
+
+def bench(config: TrainConfig, epochs: int, peak: float, data) -> dict:
+    torch.manual_seed(0)
+    times = {}
+    # vae_utils: tensors in memory, slices of a shuffled index, fused optimizer.
+    model = VAE.from_config(config, 784)
+    optimizer = make_optimizer(model, config, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(0)
+    train_epoch(model, optimizer, data, config, generator)  # warm-up
+    times["vae_utils"] = statistics.median(
+        _timed(lambda: train_epoch(model, optimizer, data, config, generator)) for _ in range(epochs))
+    # reference: torchvision dataset + ToTensor + DataLoader, the optimizer's default implementation.
+    model = VAE.from_config(config, 784)
+    opt_cls = {"adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam}[config.optimizer]
+    optimizer = opt_cls(model.parameters(), lr=config.lr)
+    dataset = torchvision.datasets.MNIST(str(data_root()), train=True,
+                                         transform=torchvision.transforms.ToTensor())
+    loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, shuffle=True)
+    reference_epoch(model, optimizer, loader)  # warm-up
+    times["reference"] = statistics.median(
+        _timed(lambda: reference_epoch(model, optimizer, loader)) for _ in range(epochs))
+    n_batches = -(-len(data.x_train) // config.batch_size)
+    flops = step_flops(model, config.batch_size) * n_batches
+    return {"times": times, "flops": flops, "peak": peak}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per loop (median)")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, data from {data_root()}")
+    data = load_dataset("mnist")
+    peak = matmul_peak()
+    print(f"float32 matmul peak (4096^3): {peak / 1e9:.1f} GFLOP/s\n")
+    for name, config in CONFIGS.items():
+        r = bench(config, args.epochs, peak, data)
+        t_ours, t_ref = r["times"]["vae_utils"], r["times"]["reference"]
+        print(f"{name}: {r['flops'] / 1e9:.0f} GFLOP per epoch")
+        for label, t in (("vae_utils", t_ours), ("reference", t_ref)):
+            rate = r["flops"] / t
+            print(f"  {label:<10} {t:6.2f} s/epoch  {rate / 1e9:6.1f} GFLOP/s  "
+                  f"{100 * rate / peak:5.1f} % of matmul peak")
+        print(f"  speed-up over reference: {t_ref / t_ours:.2f}x\n")
+
+
+if __name__ == "__main__":
+    main()

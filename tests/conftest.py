@@ -5,8 +5,8 @@ inherit it.
 """
 import os
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
-os.environ.setdefault("MKL_NUM_THREADS", "2")
+os.environ["OMP_NUM_THREADS"] = "1"  # one thread: stable under load, same numbers everywhere
+os.environ["MKL_NUM_THREADS"] = "1"
 
 from pathlib import Path  # noqa: E402
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ KL_ESTIMATORS = ("analytic", "mc")
 BINARIZATIONS = ("none", "dynamic", "static")
 DEVICES = ("auto", "cpu", "cuda")
 INITS = ("pytorch", "paper")
+MAX_SEED = 2**31 - 1  # train() also seeds with seed + 1; torch takes up to 2**64 - 1
 
 
 def resolve_path(path: str | Path) -> Path:
@@ -48,15 +50,20 @@ def check_choice(field: str, value, choices: tuple) -> None:
         fail(field, value, "one of " + ", ".join(repr(c) for c in choices))
 
 
-def check_int(field: str, value, minimum: int, optional: bool = False) -> None:
+def check_int(field: str, value, minimum: int, optional: bool = False,
+              maximum: Optional[int] = None) -> None:
+    """An integer (numpy's included, bools excluded) in [minimum, maximum]."""
     if optional and value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        fail(field, value, f"an integer >= {minimum}" + (" or None" if optional else ""))
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum
+            or (maximum is not None and value > maximum)):
+        bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        fail(field, value, f"an integer {bounds}" + (" or None" if optional else ""))
 
 
 def check_float(field: str, value, minimum: float, strict: bool) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
+          and math.isfinite(float(value)))
     if not ok or (value <= minimum if strict else value < minimum):
         fail(field, value, f"a finite number {'>' if strict else '>='} {minimum}")
 
@@ -103,8 +110,8 @@ class TrainConfig:
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
         run_dir: where ``config.json``, ``history.csv`` and the checkpoints go; a relative path is
             taken from the project root. ``None`` names it from the configuration under ``runs/``.
-        train_subset, test_subset: use only the first n images of each (after the fixed shuffle)
-            for quick runs; ``None`` uses all.
+        train_subset, test_subset: use only the first n images of each split (in the files'
+            order; Frey Face's split is itself shuffled) for quick runs; ``None`` uses all.
         data_dir: where the datasets are; ``None`` looks at ``VAE_DATA_DIR``, then ``<repo>/data``.
     """
 
@@ -134,6 +141,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.validate()
+        for f in dataclasses.fields(self):  # numpy scalars (a sweep over np.arange) -> Python
+            value = getattr(self, f.name)
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                setattr(self, f.name, int(value))
+            elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+                setattr(self, f.name, float(value))
         if self.run_dir is None:
             self.run_dir = f"runs/{self.name}"
 
@@ -159,7 +172,7 @@ class TrainConfig:
             fail("binarize", self.binarize, "'none' with decoder='gaussian' (binarisation is for "
                   "the Bernoulli decoder)")
         check_int("patience", self.patience, 1, optional=True)
-        check_int("seed", self.seed, 0)
+        check_int("seed", self.seed, 0, maximum=MAX_SEED)
         check_choice("device", self.device, DEVICES)
         for field in ("run_dir", "data_dir"):
             value = getattr(self, field)

@@ -136,7 +136,8 @@ def ensure_files(name: str, root: Path, download: bool = True) -> None:
             for train in (True, False):
                 cls(str(root), train=train, download=True)
         except Exception as error:  # network, permissions, a read-only root...
-            reason = f"download failed: {type(error).__name__}: {str(error).strip().splitlines()[-1]}"
+            lines = str(error).strip().splitlines()
+            reason = f"download failed: {type(error).__name__}" + (f": {lines[-1]}" if lines else "")
         missing = [f for f in expected if not (root / f).is_file()]
     if missing:
         raise DatasetNotFoundError(
@@ -188,20 +189,27 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, binarize: str
     root = data_root(data_dir)
     ensure_files(name, root, download)
     x_train, y_train, x_test, y_test = _read(name, root)
-    x_train, x_test = (x.reshape(len(x), -1)[:n].to(device, torch.float32) / 255.0
-                       for x, n in ((x_train, train_subset), (x_test, test_subset)))
-    y_train, y_test = (None if y is None else y[:n].to(device)
-                       for y, n in ((y_train, train_subset), (y_test, test_subset)))
+    x_train, x_test = (x.reshape(len(x), -1).to(device, torch.float32) / 255.0 for x in (x_train, x_test))
     x_train_eval = x_train[:TRAIN_EVAL_SIZE]
+    # Each split is binarised whole, by a generator of its own, before any subset is taken: a
+    # quick run evaluates on the same binary images as a full one.
     if binarize == "static":
-        g = torch.Generator(device).manual_seed(STATIC_SEED)
-        x_train, x_test = torch.bernoulli(x_train, generator=g), torch.bernoulli(x_test, generator=g)
+        x_train, x_test = (_binarize(x, STATIC_SEED, i) for i, x in enumerate((x_train, x_test)))
         x_train_eval = x_train[:TRAIN_EVAL_SIZE]
     elif binarize == "dynamic":
-        g = torch.Generator(device).manual_seed(EVAL_SEED)
-        x_test, x_train_eval = torch.bernoulli(x_test, generator=g), torch.bernoulli(x_train_eval, generator=g)
+        x_train_eval, x_test = (_binarize(x, EVAL_SEED, i) for i, x in enumerate((x_train_eval, x_test)))
+    x_train, x_train_eval, y_train = (None if t is None else t[:train_subset]
+                                      for t in (x_train, x_train_eval, y_train))
+    x_test, y_test = (None if t is None else t[:test_subset] for t in (x_test, y_test))
+    if y_train is not None:
+        y_train, y_test = y_train.to(device), y_test.to(device)
     return Data(name, x_train, y_train, x_test, y_test, x_train_eval, IMAGE_SHAPES[name],
                 CLASSES[name], binarize)
+
+
+def _binarize(x: torch.Tensor, seed: int, split: int) -> torch.Tensor:
+    """One fixed Bernoulli(x) draw; ``split`` (0 train, 1 test) gives each split its own stream."""
+    return torch.bernoulli(x, generator=torch.Generator(x.device).manual_seed(seed + 1000 * split))
 
 
 def batches(x: torch.Tensor, batch_size: int, generator: torch.Generator,

@@ -35,7 +35,9 @@ class _BernoulliLogLikelihood(torch.autograd.Function):
         grad = grad.unsqueeze(-1)
         grad_logits = grad_x = None
         if ctx.needs_input_grad[0]:
-            p = torch.where(logits >= 0, s, 1 - s)  # sigmoid(l)
+            # sigmoid(l) from the saved sigmoid(|l|); recomputed differentiably when a second
+            # derivative is asked for (create_graph=True), since s carries no graph.
+            p = torch.sigmoid(logits) if torch.is_grad_enabled() else torch.where(logits >= 0, s, 1 - s)
             grad_logits = grad * (x - p)
         if ctx.needs_input_grad[1]:
             grad_x = grad * logits

@@ -56,6 +56,7 @@ class Run:
     model: VAE
     path: Path
     best_epoch: int
+    epoch: int  # the epoch of the checkpoint the model was read from
 
     @property
     def final(self) -> pd.Series:
@@ -195,6 +196,7 @@ def train(config: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     ``progress``: a tqdm bar in a terminal, plain per-epoch lines otherwise; False is silent.
     ``data`` skips loading when the caller already holds the dataset.
     """
+    config.validate()  # again: fields may have been changed since construction
     if overwrite and resume:
         raise ValueError("train(overwrite=True, resume=True): choose one")
     device = resolve_device(config.device)
@@ -228,8 +230,10 @@ def train(config: TrainConfig, *, overwrite: bool = False, resume: bool = False,
             bad = int((~finite).nonzero()[0])
             raise TrainingDiverged(
                 f"the loss became {losses[bad].item()} at epoch {epoch}, batch {bad + 1} of "
-                f"{len(losses)}: training stopped. The last good checkpoint (epoch {state['epoch']}) "
-                f"is kept in {path}. Try a smaller lr or, for the Gaussian decoder, a higher "
+                f"{len(losses)}: training stopped. "
+                + (f"The last good checkpoint (epoch {state['epoch']}) is kept in {path}. "
+                   if state["epoch"] else f"No epoch finished, so {path} holds no checkpoint. ")
+                + "Try a smaller lr or, for the Gaussian decoder, a higher "
                 f"min_logvar.")
         row = {"epoch": epoch, "samples": epoch * len(data.x_train)}
         row.update(_eval_row(model, data, config, epoch))
@@ -298,4 +302,4 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | torch.
     model = VAE.from_config(config, saved["model"]["encoder.net.0.weight"].shape[1]).to(device)
     model.load_state_dict(saved["model"])
     model.eval()
-    return Run(config, history, model, path, saved["state"]["best_epoch"])
+    return Run(config, history, model, path, saved["state"]["best_epoch"], saved["epoch"])

@@ -1,0 +1,401 @@
+"""train.py: short real runs on a 1,000-image MNIST subset (hidden 50, N_z 4), checking that
+training improves the test ELBO, is reproducible and resumable, refuses to overwrite silently,
+keeps the best model when it stops early, stops on NaN keeping the last good checkpoint, and that
+load_run reads back exactly what was saved. Run directories live in ``tmp_path``.
+"""
+import importlib
+import json
+import math
+import os
+
+import pandas as pd
+import pytest
+import torch
+
+from vae_utils.config import TrainConfig
+from vae_utils.data import load_dataset
+from vae_utils.loss import ELBO, evaluate
+from vae_utils.model import VAE
+from vae_utils.train import (HISTORY_COLUMNS, RUN_FILES, TrainingDiverged, _atomic,
+                             atomic_torch_save, atomic_write_text, load_run, train)
+
+# ``import vae_utils.train as T`` would give the function ``train`` (the package re-exports it
+# under the submodule's name), so the module whose functions the tests replace is fetched so:
+T = importlib.import_module("vae_utils.train")
+
+N_TRAIN, N_TEST, BATCH = 1000, 300, 100
+N_BATCHES = N_TRAIN // BATCH
+
+
+def make_config(run_dir, shared_data, **overrides) -> TrainConfig:
+    values = dict(hidden_dim=50, latent_dim=4, epochs=3, lr=0.02, batch_size=BATCH,
+                  train_subset=N_TRAIN, test_subset=N_TEST, device="cpu", seed=0,
+                  data_dir=str(shared_data), run_dir=str(run_dir))
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def mnist_small(shared_data):
+    """The first 1,000 training and 300 test images, loaded once for the module."""
+    return load_dataset("mnist", shared_data, train_subset=N_TRAIN, test_subset=N_TEST)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, shared_data, mnist_small):
+    """One finished 3-epoch run, shared by the read-only checks below."""
+    config = make_config(tmp_path_factory.mktemp("finished") / "run", shared_data)
+    return config, train(config, progress=False, data=mnist_small)
+
+
+def state_dicts_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def snapshot_weights(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def without_seconds(history: pd.DataFrame) -> pd.DataFrame:
+    return history.drop(columns="seconds")
+
+
+class Interrupted(Exception):
+    """Stands for a crash or a kill in the middle of an epoch."""
+
+
+def wrap_elbo(monkeypatch, at_call: int, action):
+    """Replace train.py's ``elbo`` by the real one, except that on the ``at_call``-th training
+    minibatch (1-based, counted across epochs) ``action(real_result)`` is returned or raised."""
+    real = T.elbo
+    calls = {"n": 0}
+
+    def wrapped(*args, **kwargs):
+        calls["n"] += 1
+        out = real(*args, **kwargs)
+        return action(out) if calls["n"] == at_call else out
+
+    monkeypatch.setattr(T, "elbo", wrapped)
+    return calls
+
+
+# ----------------------------------------------------------------------------- training works
+
+
+def test_short_run_raises_test_elbo(tmp_path, shared_data, mnist_small):
+    """A 4-epoch run (data loaded from data_dir) raises the test ELBO every epoch and ends far
+    above the untrained model's test ELBO (same seed, same evaluation noise). The history has the
+    documented columns, one row per epoch, samples = epoch x N, growing seconds, and
+    elbo = recon - kl (to float32 rounding); the run directory holds the four run files."""
+    config = make_config(tmp_path / "run", shared_data, epochs=4)
+    run = train(config, progress=False)
+    h = run.history
+    assert list(h.columns) == list(HISTORY_COLUMNS)
+    assert h["epoch"].tolist() == [1, 2, 3, 4]
+    assert h["samples"].tolist() == [N_TRAIN * e for e in (1, 2, 3, 4)]
+    assert (h["seconds"].diff().dropna() > 0).all() and h["seconds"].iloc[0] > 0
+    assert (h["test_elbo"].diff().dropna() > 0).all(), h["test_elbo"].tolist()
+    for split in ("train", "test"):
+        assert ((h[f"{split}_recon"] - h[f"{split}_kl"] - h[f"{split}_elbo"]).abs() < 1e-3).all()
+    assert (h["test_kl"] > 0).all() and (h["minibatch_elbo"] < 0).all()
+    torch.manual_seed(config.seed)  # the same subset as mnist_small, loaded by train() itself
+    untrained = evaluate(VAE.from_config(config, 784), mnist_small.x_test, seed=config.seed + 1)["elbo"]
+    assert h["test_elbo"].iloc[-1] > untrained + 100, (untrained, h["test_elbo"].tolist())
+    assert h["test_elbo"].iloc[-1] > h["test_elbo"].iloc[0] + 10
+    assert sorted(p.name for p in config.path.iterdir()) == sorted(RUN_FILES)
+    assert run.best_epoch == 4 and run.final["test_elbo"] == h["test_elbo"].iloc[-1]
+    assert run.path == config.path
+
+
+def test_same_seed_same_history(tmp_path, shared_data, mnist_small):
+    """Two runs with one configuration (different run dirs) give identical histories, every column
+    but the wall-clock seconds, and identical weights; another seed gives a different history."""
+    a = train(make_config(tmp_path / "a", shared_data, epochs=2), progress=False, data=mnist_small)
+    b = train(make_config(tmp_path / "b", shared_data, epochs=2), progress=False, data=mnist_small)
+    pd.testing.assert_frame_equal(without_seconds(a.history), without_seconds(b.history),
+                                  check_exact=True)
+    assert state_dicts_equal(a.model.state_dict(), b.model.state_dict())
+    c = train(make_config(tmp_path / "c", shared_data, epochs=2, seed=1), progress=False,
+              data=mnist_small)
+    assert (c.history["test_elbo"] != a.history["test_elbo"]).all()
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path, shared_data, mnist_small, monkeypatch):
+    """Interrupt a 4-epoch run in the middle of epoch 3 (train.py's elbo raises on the 2nd
+    minibatch of epoch 3, as a crash or kill would: the model and generator have already moved
+    past last.pt), then call train(..., resume=True) with the same config. Resuming requires an
+    identical config (only run_dir may differ), so the interruption is simulated rather than made
+    by training with fewer epochs. The resumed run's history (all columns but seconds) and its
+    best and last weights equal those of a run never interrupted; resuming a finished run changes
+    nothing."""
+    full = train(make_config(tmp_path / "full", shared_data, epochs=4), progress=False,
+                 data=mnist_small)
+    config = make_config(tmp_path / "cut", shared_data, epochs=4)
+
+    def interrupt(_):
+        raise Interrupted
+
+    wrap_elbo(monkeypatch, 2 * N_BATCHES + 2, interrupt)
+    with pytest.raises(Interrupted):
+        train(config, progress=False, data=mnist_small)
+    monkeypatch.undo()
+    assert len(pd.read_csv(config.path / "history.csv")) == 2
+    assert torch.load(config.path / "last.pt", weights_only=False)["epoch"] == 2
+    assert not [p for p in config.path.iterdir() if p.name.endswith(".tmp")]
+
+    resumed = train(config, resume=True, progress=False, data=mnist_small)
+    pd.testing.assert_frame_equal(without_seconds(resumed.history), without_seconds(full.history),
+                                  check_exact=True)
+    assert resumed.best_epoch == full.best_epoch
+    assert state_dicts_equal(resumed.model.state_dict(), full.model.state_dict())
+    last_a, last_b = (load_run(p, checkpoint="last") for p in (config.path, full.path))
+    assert state_dicts_equal(last_a.model.state_dict(), last_b.model.state_dict())
+    # resuming a finished run trains nothing more
+    again = train(config, resume=True, progress=False, data=mnist_small)
+    pd.testing.assert_frame_equal(again.history, resumed.history)
+
+
+# ----------------------------------------------------------------------------- run directories
+
+
+def test_existing_run_dir_is_never_overwritten_silently(tmp_path, shared_data, mnist_small):
+    """A second train() into a used run dir raises FileExistsError naming the dir and both ways
+    out, before any data is loaded (data_dir points nowhere here); overwrite=True replaces the
+    run (new config.json, new history, new weights); overwrite and resume together are refused;
+    resume with a different config names the differing field with both values."""
+    config = make_config(tmp_path / "run", shared_data, epochs=1)
+    first = train(config, progress=False, data=mnist_small)
+    nowhere = make_config(tmp_path / "run", tmp_path / "no-data", epochs=1)
+    with pytest.raises(FileExistsError) as info:
+        train(nowhere, progress=False)
+    message = str(info.value)
+    assert str(config.path) in message and "overwrite=True" in message and "resume=True" in message
+    assert pd.read_csv(config.path / "history.csv").shape[0] == 1
+
+    with pytest.raises(ValueError, match="choose one"):
+        train(config, overwrite=True, resume=True, progress=False, data=mnist_small)
+
+    changed = make_config(tmp_path / "run", shared_data, epochs=2, lr=0.05)
+    with pytest.raises(ValueError) as info:
+        train(changed, resume=True, progress=False, data=mnist_small)
+    assert "lr (saved 0.02, asked 0.05)" in str(info.value)
+
+    second = train(changed, overwrite=True, progress=False, data=mnist_small)
+    saved = json.loads((config.path / "config.json").read_text())
+    assert saved["lr"] == 0.05 and saved["epochs"] == 2
+    assert second.history["epoch"].tolist() == [1, 2]
+    assert second.history["test_elbo"].iloc[0] != first.history["test_elbo"].iloc[0]
+    assert not state_dicts_equal(second.model.state_dict(), first.model.state_dict())
+    assert sorted(p.name for p in config.path.iterdir()) == sorted(RUN_FILES)
+
+
+def test_unavailable_cuda_is_a_value_error_before_anything_is_written(tmp_path, shared_data):
+    """device='cuda' on a machine without CUDA: ValueError naming device and what is allowed,
+    raised before the run directory is created or data is loaded."""
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    config = make_config(tmp_path / "run", tmp_path / "no-data", device="cuda")
+    with pytest.raises(ValueError) as info:
+        train(config, progress=False)
+    assert "device = 'cuda'" in str(info.value) and "'cpu'" in str(info.value)
+    assert not config.path.exists()
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors:UserWarning")
+def test_config_changed_after_construction_is_refused_before_training(tmp_path, shared_data,
+                                                                      mnist_small):
+    """Notebooks may set fields on an existing config. train() must still refuse a bad value with
+    the field's ValueError before it writes a run directory or trains."""
+    config = make_config(tmp_path / "run", shared_data, epochs=1)
+    config.latent_dim = 0
+    with pytest.raises(ValueError, match="latent_dim = 0"):
+        train(config, progress=False, data=mnist_small)
+    assert not config.path.exists()
+
+
+# ----------------------------------------------------------------------------- early stopping
+
+
+def test_early_stopping_keeps_the_best_model(tmp_path, shared_data, mnist_small, monkeypatch,
+                                             capsys):
+    """_eval_row is replaced to report test ELBOs -300, -200, -250, -210, -220, -100, ... while
+    recording the weights each epoch. With patience 3, epoch 2 is the best; epoch 4 (-210) is
+    better than epoch 3 but not than the best, so it must not reset the count (the original
+    study's bug); training stops after epoch 5. The returned model and best.pt hold epoch 2's
+    weights, last.pt epoch 5's, and the printed lines say so."""
+    sequence = [-300.0, -200.0, -250.0, -210.0, -220.0, -100.0, -90.0, -80.0]
+    weights = {}
+
+    def fake_eval_row(model, *args, **kwargs):
+        epoch = len(weights) + 1
+        weights[epoch] = snapshot_weights(model)
+        value = sequence[epoch - 1]
+        return {"train_elbo": value - 1, "train_recon": value - 2, "train_kl": 1.0,
+                "test_elbo": value, "test_recon": value - 3, "test_kl": 3.0}
+
+    monkeypatch.setattr(T, "_eval_row", fake_eval_row)
+    config = make_config(tmp_path / "run", shared_data, epochs=8, patience=3)
+    run = train(config, progress=True, data=mnist_small)
+    assert run.history["epoch"].tolist() == [1, 2, 3, 4, 5]
+    assert run.history["test_elbo"].tolist() == sequence[:5]
+    assert run.best_epoch == 2 and run.final["test_elbo"] == -200.0
+    assert not state_dicts_equal(weights[2], weights[5])
+    assert state_dicts_equal(run.model.state_dict(), weights[2])
+    assert state_dicts_equal(load_run(config.path).model.state_dict(), weights[2])
+    assert state_dicts_equal(load_run(config.path, checkpoint="last").model.state_dict(), weights[5])
+    out = capsys.readouterr().out
+    assert "early stop" in out and "keeping epoch 2" in out
+    assert out.count("epoch ") >= 5 and "epoch   5/8" in out
+
+
+def test_no_early_stopping_with_patience_none(tmp_path, shared_data, mnist_small, monkeypatch):
+    """patience=None runs every epoch even through a long worsening, and still keeps the best."""
+    sequence = [-100.0, -150.0, -160.0, -170.0, -180.0]
+    calls = []
+
+    def fake_eval_row(model, *args, **kwargs):
+        calls.append(1)
+        v = sequence[len(calls) - 1]
+        return {"train_elbo": v, "train_recon": v, "train_kl": 0.0,
+                "test_elbo": v, "test_recon": v, "test_kl": 0.0}
+
+    monkeypatch.setattr(T, "_eval_row", fake_eval_row)
+    run = train(make_config(tmp_path / "run", shared_data, epochs=5, patience=None),
+                progress=False, data=mnist_small)
+    assert run.history["epoch"].tolist() == [1, 2, 3, 4, 5] and run.best_epoch == 1
+
+
+# ----------------------------------------------------------------------------- divergence
+
+
+def test_nan_loss_names_epoch_and_batch_and_keeps_last_good_checkpoint(tmp_path, shared_data,
+                                                                       mnist_small, monkeypatch):
+    """train.py's elbo returns a NaN ELBO on minibatch 3 of epoch 2 (the NaN then flows into the
+    weights through backward, as a real blow-up would). TrainingDiverged names epoch 2 and
+    batch 3; last.pt (and best.pt) still hold epoch 1's finite weights, load with load_run, and
+    history.csv has epoch 1 only."""
+    config = make_config(tmp_path / "run", shared_data, epochs=3)
+    weights = {}
+    real_eval_row = T._eval_row
+
+    def recording_eval_row(model, *args, **kwargs):
+        weights[len(weights) + 1] = snapshot_weights(model)
+        return real_eval_row(model, *args, **kwargs)
+
+    monkeypatch.setattr(T, "_eval_row", recording_eval_row)
+    wrap_elbo(monkeypatch, N_BATCHES + 3, lambda out: ELBO(out.elbo * math.nan, out.recon, out.kl))
+    with pytest.raises(TrainingDiverged) as info:
+        train(config, progress=False, data=mnist_small)
+    message = str(info.value)
+    assert "epoch 2" in message and f"batch 3 of {N_BATCHES}" in message and "nan" in message
+    assert "(epoch 1)" in message and str(config.path) in message
+    assert list(weights) == [1]
+    for checkpoint in ("last", "best"):
+        run = load_run(config.path, checkpoint=checkpoint)
+        assert state_dicts_equal(run.model.state_dict(), weights[1])
+        assert all(torch.isfinite(v).all() for v in run.model.state_dict().values())
+        assert run.history["epoch"].tolist() == [1]
+    assert torch.load(config.path / "last.pt", weights_only=False)["epoch"] == 1
+    assert not [p for p in config.path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_nan_in_data_stops_at_the_batch_that_holds_it(tmp_path, shared_data, mnist_small):
+    """A real (not simulated) NaN: one training image set to NaN. The minibatch holding it is
+    known from the data generator (seeded with the config's seed; its first draw is the epoch's
+    permutation), and TrainingDiverged names epoch 1 and that batch; no checkpoint or history was
+    written, only config.json."""
+    data = load_dataset("mnist", shared_data, train_subset=N_TRAIN, test_subset=N_TEST)
+    bad_row = 123
+    data.x_train[bad_row] = math.nan
+    config = make_config(tmp_path / "run", shared_data, epochs=2, seed=5)
+    order = torch.randperm(N_TRAIN, generator=torch.Generator().manual_seed(config.seed))
+    batch = int((order == bad_row).nonzero()) // BATCH + 1
+    with pytest.raises(TrainingDiverged) as info:
+        train(config, progress=False, data=data)
+    assert f"epoch 1, batch {batch} of {N_BATCHES}" in str(info.value)
+    assert sorted(p.name for p in config.path.iterdir()) == ["config.json"]
+
+
+# ----------------------------------------------------------------------------- load_run and files
+
+
+def test_load_run_round_trip(finished_run):
+    """load_run gives back the config (equal field by field), the history (documented columns,
+    the same values as train() returned), the best model's weights as saved in best.pt, in eval
+    mode; checkpoint='last' gives last.pt's weights; another checkpoint name is a ValueError."""
+    config, run = finished_run
+    back = load_run(config.path)
+    assert back.config == config
+    assert list(back.history.columns) == list(HISTORY_COLUMNS)
+    pd.testing.assert_frame_equal(back.history, run.history)
+    assert len(back.history) == config.epochs
+    best = torch.load(config.path / "best.pt", weights_only=False)
+    assert state_dicts_equal(back.model.state_dict(), best["model"])
+    assert state_dicts_equal(back.model.state_dict(), run.model.state_dict())
+    assert not back.model.training
+    assert back.best_epoch == best["epoch"] == int(back.history["test_elbo"].idxmax()) + 1
+    last = torch.load(config.path / "last.pt", weights_only=False)
+    assert state_dicts_equal(load_run(config.path, checkpoint="last").model.state_dict(),
+                             last["model"])
+    assert last["epoch"] == config.epochs
+    with pytest.raises(ValueError, match="checkpoint = 'final'"):
+        load_run(config.path, checkpoint="final")
+
+
+def test_load_run_on_missing_or_partial_dir_names_missing_files(tmp_path, finished_run):
+    """load_run on a folder that is not a finished run raises FileNotFoundError naming the
+    run_dir and exactly the missing files."""
+    with pytest.raises(FileNotFoundError) as info:
+        load_run(tmp_path / "nothing")
+    message = str(info.value)
+    assert str(tmp_path / "nothing") in message
+    assert all(f in message for f in ("config.json", "history.csv", "best.pt"))
+    config, _ = finished_run
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for f in ("config.json", "history.csv"):
+        (partial / f).write_bytes((config.path / f).read_bytes())
+    with pytest.raises(FileNotFoundError) as info:
+        load_run(partial, checkpoint="last")
+    message = str(info.value)
+    assert "last.pt" in message and "config.json" not in message.split("lacks", 1)[1]
+
+
+def test_run_files_are_written_atomically(finished_run, tmp_path):
+    """A finished run dir holds exactly config.json, history.csv, last.pt and best.pt (no
+    temporary files left behind). A write that fails half-way leaves the old file intact and
+    no temporary file; successful atomic writes round-trip."""
+    config, _ = finished_run
+    assert sorted(p.name for p in config.path.iterdir()) == sorted(RUN_FILES)
+    target = tmp_path / "file.txt"
+    atomic_write_text(target, "old")
+
+    def half_then_fail(f):
+        f.write(b"new but incompl")
+        raise OSError("disk full (test)")
+
+    with pytest.raises(OSError, match="disk full"):
+        _atomic(target, half_then_fail)
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["file.txt"]
+    atomic_torch_save({"a": torch.arange(3)}, tmp_path / "x.pt")
+    assert torch.equal(torch.load(tmp_path / "x.pt")["a"], torch.arange(3))
+    assert sorted(os.listdir(tmp_path)) == ["file.txt", "x.pt"]
+
+
+def test_config_json_round_trips(finished_run):
+    """config.json holds every TrainConfig field, and TrainConfig.from_dict of it equals the
+    run's config."""
+    config, _ = finished_run
+    saved = json.loads((config.path / "config.json").read_text())
+    assert saved == config.to_dict()
+    assert TrainConfig.from_dict(saved) == config
+
+
+def test_history_csv_matches_returned_history(finished_run):
+    """history.csv, read with pandas, is the returned history to the last bit (floats are written
+    with full precision), so analysis notebooks see exactly the trained numbers."""
+    config, run = finished_run
+    pd.testing.assert_frame_equal(pd.read_csv(config.path / "history.csv"), run.history,
+                                  check_exact=True)
+    assert run.history["epoch"].tolist() == list(range(1, config.epochs + 1))

@@ -1,7 +1,6 @@
 """loss.py against independent references: torch.distributions for every log density and KL,
 Monte-Carlo averages for the estimators, and small hand-built models for the importance-weighted
 bound and the posterior statistics. Everything here runs on small tensors built in the test."""
-import importlib
 import math
 
 import pytest
@@ -9,6 +8,7 @@ import torch
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
 import vae_utils.loss as loss
+import vae_utils.training
 from vae_utils.loss import (ELBO, bernoulli_log_likelihood, elbo, evaluate, gaussian_log_density,
                             importance_weighted_log_likelihood, kl_standard_normal, log_weights,
                             posterior_statistics, reparameterize, standard_normal_log_density)
@@ -386,8 +386,7 @@ def test_iwae_chunked_and_unchunked_agree_within_monte_carlo_error(iw_setup):
 def test_iwae_progress_is_printed_when_not_interactive(iw_setup, capsys, monkeypatch):
     """With progress=True and no terminal (as under papermill/nbval/pytest), plain progress lines
     are printed so that a long k=5000 evaluation is visibly alive; progress=False prints nothing."""
-    # ``import vae_utils.train`` would give the *function* train (re-exported by the package)
-    monkeypatch.setattr(importlib.import_module("vae_utils.train"), "interactive", lambda: False)
+    monkeypatch.setattr(vae_utils.training, "interactive", lambda: False)
     model, x, _ = iw_setup
     importance_weighted_log_likelihood(model, x[:20], k=5, max_elements=5 * 20 * 4, progress=True)
     out = capsys.readouterr().out
@@ -434,9 +433,30 @@ def test_posterior_statistics_detects_a_constant_latent_dimension():
     assert (stats["activity"][[0, 2]] > 0.01).all()
     with torch.no_grad():
         mu, logvar = model.encode(x)
+    torch.testing.assert_close(stats["mu"], mu)
     torch.testing.assert_close(stats["activity"], mu.var(0))
     torch.testing.assert_close(stats["kl"], kl_standard_normal(mu, logvar).mean(0))
     small = posterior_statistics(model, x, batch_size=7)
     for key in ("kl", "activity"):
         torch.testing.assert_close(small[key], stats[key])
     assert torch.equal(small["active"], stats["active"])
+
+
+def test_per_datapoint_elbo_rows_and_frame():
+    """per_datapoint_elbo gives one (elbo, recon, kl) row per datapoint with elbo = recon - kl;
+    its first batch equals elbo() called with a generator seeded the same way; to_frame keeps
+    the values as float64 columns; evaluate is its mean."""
+    model, _ = _small_model()
+    x = torch.rand(20, model.data_dim, generator=_gen(23), dtype=torch.float64)
+    terms = loss.per_datapoint_elbo(model, x, n_samples=2, seed=3, batch_size=8)
+    assert all(t.shape == (20,) for t in terms)
+    torch.testing.assert_close(terms.elbo, terms.recon - terms.kl)
+    with torch.no_grad():
+        first = elbo(model, x[:8], 2, "analytic", torch.Generator().manual_seed(3))
+    torch.testing.assert_close(terms.elbo[:8], first.elbo)
+    frame = terms.to_frame()
+    assert list(frame.columns) == ["elbo", "recon", "kl"] and len(frame) == 20
+    assert (frame.dtypes == "float64").all()
+    assert frame["recon"].to_numpy() == pytest.approx(terms.recon.double().numpy())
+    reference = evaluate(model, x, n_samples=2, seed=3, batch_size=8)
+    assert frame["elbo"].mean() == pytest.approx(reference["elbo"], rel=1e-6)

@@ -3,7 +3,6 @@ training improves the test ELBO, is reproducible and resumable, refuses to overw
 keeps the best model when it stops early, stops on NaN keeping the last good checkpoint, and that
 load_run reads back exactly what was saved. Run directories live in ``tmp_path``.
 """
-import importlib
 import json
 import math
 import os
@@ -16,12 +15,9 @@ from vae_utils.config import TrainConfig
 from vae_utils.data import load_dataset
 from vae_utils.loss import ELBO, evaluate
 from vae_utils.model import VAE
-from vae_utils.train import (HISTORY_COLUMNS, RUN_FILES, TrainingDiverged, _atomic,
-                             atomic_torch_save, atomic_write_text, load_run, train)
-
-# ``import vae_utils.train as T`` would give the function ``train`` (the package re-exports it
-# under the submodule's name), so the module whose functions the tests replace is fetched so:
-T = importlib.import_module("vae_utils.train")
+import vae_utils.training as T
+from vae_utils.training import (HISTORY_COLUMNS, RUN_FILES, TrainingDiverged, _atomic,
+                                atomic_torch_save, atomic_write_text, load_run, train)
 
 N_TRAIN, N_TEST, BATCH = 1000, 300, 100
 N_BATCHES = N_TRAIN // BATCH

@@ -295,7 +295,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | torch.
     if missing:
         raise FileNotFoundError(
             f"run_dir = {str(run_dir)!r} is not a finished training run: {path} lacks "
-            f"{', '.join(missing)}. Train one first (notebooks/02_train.ipynb or vae_utils.train).")
+            f"{', '.join(missing)}. Train one first (notebooks/02_train.ipynb or vae_utils.train()).")
     config = TrainConfig.from_dict(json.loads((path / "config.json").read_text()))
     saved = torch.load(path / f"{checkpoint}.pt", map_location=device, weights_only=False)
     history = pd.read_csv(path / "history.csv")

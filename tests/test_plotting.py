@@ -1,0 +1,170 @@
+"""Value tests for the computations behind the notebooks' figures (vae_utils.plotting), and a
+warning-free smoke test of every plotting function (a warning would break the nbval references)."""
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from vae_utils import plotting  # noqa: E402
+from vae_utils.config import TrainConfig  # noqa: E402
+from vae_utils.loss import evaluate, posterior_statistics  # noqa: E402
+from vae_utils.model import VAE  # noqa: E402
+
+SHAPE = (4, 5)  # a small image shape, D = 20
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return VAE(data_dim=20, hidden_dim=8, latent_dim=2).eval()
+
+
+@pytest.fixture
+def x():
+    return torch.rand(30, 20, generator=torch.Generator().manual_seed(1))
+
+
+def history(offset=0.0):
+    epochs = torch.arange(1, 4).double()
+    columns = {"epoch": epochs.long(), "samples": (epochs * 1000).long(), "seconds": epochs}
+    for split in ("train", "test"):
+        columns[f"{split}_recon"] = -100 + 10 * epochs + offset
+        columns[f"{split}_kl"] = 5 + epochs
+        columns[f"{split}_elbo"] = columns[f"{split}_recon"] - columns[f"{split}_kl"]
+    columns["minibatch_elbo"] = columns["train_elbo"]
+    return pd.DataFrame({k: v.numpy() for k, v in columns.items()})
+
+
+# ----------------------------------------------------------------------------- the manifold grid
+
+def test_unit_square_points_are_evenly_spaced_inside_the_open_interval():
+    u = plotting.unit_square_points(4)
+    assert torch.allclose(u, torch.tensor([0.2, 0.4, 0.6, 0.8]))
+    assert plotting.unit_square_points(20).min() > 0 and plotting.unit_square_points(20).max() < 1
+
+
+def test_latent_grid_is_the_inverse_gaussian_cdf_of_the_evenly_spaced_points():
+    n = 5
+    u = torch.arange(1, n + 1, dtype=torch.float64) / (n + 1)
+    z = torch.distributions.Normal(0.0, 1.0).icdf(u).float()
+    grid = plotting.latent_grid(n)
+    assert grid.shape == (n * n, 2)
+    for r in range(n):  # reading order: z_1 grows along a row, z_2 shrinks down the rows
+        for c in range(n):
+            assert torch.allclose(grid[r * n + c], torch.stack([z[c], z[n - 1 - r]]), atol=1e-6)
+    assert torch.allclose(plotting.latent_grid(n, dim=1)[:, 0], z, atol=1e-6)
+    assert torch.allclose(grid.sum(0), torch.zeros(2), atol=1e-5)  # symmetric about 0
+
+
+def test_latent_grid_rejects_other_dimensions():
+    with pytest.raises(ValueError, match="dim = 3"):
+        plotting.latent_grid(4, dim=3)
+
+
+# ----------------------------------------------------------------------------- PCA
+
+def test_pca_projection_shape_order_and_explained_variance():
+    g = torch.Generator().manual_seed(0)
+    scales = torch.tensor([5.0, 2.0, 0.5, 0.1])
+    q, _ = torch.linalg.qr(torch.randn(4, 4, generator=g))
+    data = (torch.randn(2000, 4, generator=g) * scales) @ q.T + 3.0  # rotated, shifted
+    projected, explained = plotting.pca_project(data, k=2)
+    assert projected.shape == (2000, 2) and explained.shape == (2,)
+    variances = projected.double().var(0)
+    assert variances[0] > variances[1]
+    assert torch.allclose(projected.double().mean(0), torch.zeros(2, dtype=torch.float64), atol=1e-4)
+    centred = data.double() - data.double().mean(0)
+    total = centred.var(0).sum()
+    assert torch.allclose(explained.double(), variances / total, rtol=1e-4)
+    expected = scales.pow(2) / scales.pow(2).sum()
+    assert torch.allclose(explained, expected[:2], atol=0.02)
+    cov = torch.cov(projected.double().T)
+    assert abs(cov[0, 1]) < 1e-6 * cov[0, 0]  # uncorrelated components
+    assert torch.equal(projected, plotting.pca_project(data, k=2)[0])  # deterministic
+    _, all_explained = plotting.pca_project(data, k=4)
+    assert torch.isclose(all_explained.sum(), torch.tensor(1.0))
+    assert (all_explained[:-1] >= all_explained[1:]).all()
+
+
+# ----------------------------------------------------------------------------- images and helpers
+
+def test_image_grid_shape_padding_and_clipping():
+    images = torch.linspace(-1, 2, 6 * 28 * 28).reshape(6, 28 * 28)
+    grid = plotting.image_grid(images, (28, 28), nrow=3, padding=2)
+    assert grid.shape == (2 * (28 + 2) + 2, 3 * (28 + 2) + 2)
+    assert grid.min() >= 0 and grid.max() <= 1
+    assert torch.all(grid[0] == 0.5)  # the padding row
+    faces = torch.rand(4, 560)  # Frey Face: 28 rows of 20 pixels
+    frey = plotting.image_grid(faces, (28, 20), nrow=4, padding=0)
+    assert frey.shape == (28, 80)
+    assert torch.equal(frey[:, 20:40], faces[1].reshape(28, 20))  # tile 2, in reading order
+
+
+def test_interpolate_includes_both_ends():
+    a, b = torch.tensor([0.0, 1.0]), torch.tensor([2.0, -1.0])
+    path = plotting.interpolate(a, b, steps=5)
+    assert path.shape == (5, 2)
+    assert torch.equal(path[0], a) and torch.allclose(path[-1], b)
+    assert torch.allclose(path[2], (a + b) / 2)
+
+
+def test_history_long_and_run_labels():
+    long = plotting.history_long({"a": history(), "b": history(1.0)})
+    assert len(long) == 2 * 2 * 3 * 3  # runs x splits x terms x epochs
+    assert set(long.columns) == {"run", "epoch", "samples", "split", "term", "value"}
+    assert set(long["term"]) == {"elbo", "recon", "kl"}
+    configs = [TrainConfig(latent_dim=2, run_dir="/tmp/a"), TrainConfig(latent_dim=5, run_dir="/tmp/b")]
+    assert plotting.run_labels(configs) == ["latent_dim=2", "latent_dim=5"]
+    assert plotting.run_labels(configs[:1]) == ["mnist_bernoulli_z2_h500_s0"]
+    same = [TrainConfig(run_dir="/tmp/a"), TrainConfig(run_dir="/tmp/b")]
+    assert plotting.run_labels(same) == ["/tmp/a", "/tmp/b"]
+
+
+def test_metrics_table_and_regimes():
+    table = plotting.metrics_table(history().iloc[-1])
+    assert list(table.index) == ["train", "test"]
+    assert table.loc["test", "ELBO"] == pytest.approx(-78.0)
+    assert "Burda" in plotting.describe_regime(TrainConfig(binarize="dynamic"))
+    assert "density" in plotting.describe_regime(TrainConfig(decoder="gaussian"))
+
+
+def test_likelihood_summary_iw_bound_is_above_the_elbo(model, x):
+    summary = plotting.likelihood_summary(model, x, k=200, seed=0, progress=False)
+    assert summary["images"] == len(x)
+    assert summary["log p(x) - ELBO"] == pytest.approx(summary["log p(x), k=200"] - summary["ELBO"])
+    assert summary["log p(x) - ELBO"] > 0
+
+
+# ----------------------------------------------------------------------------- figures
+
+@pytest.mark.filterwarnings("error")
+def test_every_figure_draws_without_warnings(model, x):
+    labels = torch.arange(len(x)) % 3
+    classes = ("a", "b", "c")
+    histories = {"one": history(), "two": history(2.0)}
+    figures = [
+        plotting.show_images(x[:6], SHAPE, nrow=3, title="t"),
+        plotting.plot_reconstructions(x[:7], x[:7], SHAPE, ncol=5),
+        plotting.plot_image_rows({"r1": x[:3], "r2": x[:2]}, SHAPE, titles={"r1": ["1", "2", "3"]},
+                                 suptitle="s"),
+        plotting.plot_manifold(model, SHAPE, grid_size=4),
+        plotting.plot_elbo_curves(histories, x="epoch"),
+        plotting.plot_elbo_curves(history(), x="samples"),
+        plotting.plot_elbo_terms(histories),
+        plotting.plot_generalisation_gap(histories),
+        plotting.plot_kl_per_dimension({"one": posterior_statistics(model, x)}),
+        plotting.plot_latent_scatter(posterior_statistics(model, x)["mu"], labels, classes, box=1.5),
+        plotting.plot_latent_scatter(posterior_statistics(model, x)["mu"]),
+        plotting.plot_latent_1d(torch.randn(30), labels, classes),
+        plotting.plot_per_class(pd.DataFrame({"class": [classes[i] for i in labels], "recon": x[:, 0]}),
+                                classes=classes),
+    ]
+    for figure in figures:
+        assert isinstance(figure, (plt.Axes, plt.Figure))
+    with pytest.raises(ValueError, match="x = 'time'"):
+        plotting.plot_elbo_curves(history(), x="time")
+    plt.close("all")

@@ -1,0 +1,430 @@
+"""Figures for notebooks 02-05, and the small computations behind them.
+
+Computations (tensors and DataFrames, tested in ``tests/test_plotting.py``)
+    image_grid, unit_square_points, latent_grid, pca_project, interpolate, history_long, run_labels
+Tables and captions
+    load_test_data, config_table, metrics_table, describe_regime, likelihood_summary
+Figures (each returns its matplotlib Axes or Figure)
+    show_images, plot_reconstructions, plot_image_rows, plot_elbo_curves, plot_elbo_terms,
+    plot_generalisation_gap, plot_kl_per_dimension, plot_latent_scatter, plot_latent_1d,
+    plot_manifold, plot_per_class
+
+Every number on an axis is in nats per datapoint (log densities summed over pixels and latent
+dimensions, averaged over datapoints), as in :mod:`vae_utils.loss`. Images are the decoder's
+*means* E[x|z] unless a caption says otherwise; a Gaussian decoder's mean can leave [0, 1], so
+images are clipped to [0, 1] for display only.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import MaxNLocator
+import pandas as pd
+import seaborn as sns
+import torch
+
+from vae_utils.config import TrainConfig
+
+NATS = "nats per datapoint"
+ACTIVE_THRESHOLD = 0.01  # Burda et al. (2015): a unit is active when Var_x E_q[z_d|x] > 0.01
+
+
+def set_style() -> None:
+    """The notebooks' common look: seaborn's white grid, a readable font size."""
+    sns.set_theme(style="whitegrid", context="notebook")
+
+
+# ----------------------------------------------------------------------------- computations
+
+def image_grid(images: torch.Tensor, image_shape: Sequence[int], nrow: int = 10, padding: int = 2,
+               pad_value: float = 0.5) -> torch.Tensor:
+    """Tile flat images (N, D) into one (H', W') grey image, ``nrow`` images per row.
+
+    Uses ``torchvision.utils.make_grid``: H' = rows (H + padding) + padding, likewise W'. Values
+    are clipped to [0, 1].
+    """
+    from torchvision.utils import make_grid
+
+    images = images.detach().to("cpu", torch.float32).reshape(-1, 1, *image_shape).clamp(0, 1)
+    return make_grid(images, nrow=nrow, padding=padding, pad_value=pad_value)[0]
+
+
+def unit_square_points(n: int) -> torch.Tensor:
+    """n evenly spaced points in the open interval (0, 1): i / (n + 1) for i = 1..n.
+
+    0 and 1 are left out because the inverse Gaussian CDF maps them to -inf and +inf.
+    """
+    return torch.linspace(0.0, 1.0, n + 2, dtype=torch.float64)[1:-1].float()
+
+
+def latent_grid(grid_size: int, dim: int = 2) -> torch.Tensor:
+    """The paper's Figure 4 coordinates: evenly spaced points of the unit square mapped through
+    the inverse Gaussian CDF, z = Phi^{-1}(u), so that they are equally probable under p(z).
+
+    ``dim=2``: (grid_size^2, 2) in reading order for :func:`image_grid` with ``nrow=grid_size``:
+    z_1 grows from left to right along a row, z_2 shrinks from the top row to the bottom one (as
+    on a plot's axes). ``dim=1``: (grid_size, 1), growing.
+    """
+    if dim not in (1, 2):
+        raise ValueError(f"dim = {dim!r} is invalid: allowed 1 or 2")
+    z = torch.distributions.Normal(0.0, 1.0).icdf(unit_square_points(grid_size))
+    if dim == 1:
+        return z[:, None]
+    z2, z1 = torch.meshgrid(z.flip(0), z, indexing="ij")
+    return torch.stack([z1, z2], dim=-1).reshape(-1, 2)
+
+
+def pca_project(x: torch.Tensor, k: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Project the rows of ``x`` (N, d) onto their first k principal components.
+
+    Exact PCA by ``torch.linalg.svd`` of the centred data (not the randomised ``pca_lowrank``, so
+    the result is reproducible). Each component's sign is fixed so that its largest loading is
+    positive. Returns the projection (N, k), whose columns have decreasing variance, and the
+    fraction of the total variance each component explains (k,).
+    """
+    x = x.detach().double()
+    centred = x - x.mean(0)
+    _, s, vh = torch.linalg.svd(centred, full_matrices=False)
+    components = vh[:k]
+    biggest = components.abs().argmax(dim=1, keepdim=True)
+    components = components * torch.sign(components.gather(1, biggest))
+    variance = s.pow(2)
+    return (centred @ components.T).float(), (variance[:k] / variance.sum()).float()
+
+
+def interpolate(z_a: torch.Tensor, z_b: torch.Tensor, steps: int = 10) -> torch.Tensor:
+    """``steps`` points on the straight line from z_a to z_b, both ends included: (steps, N_z)."""
+    t = torch.linspace(0.0, 1.0, steps, dtype=z_a.dtype, device=z_a.device)[:, None]
+    return (1 - t) * z_a + t * z_b
+
+
+def _as_dict(histories) -> dict:
+    return histories if isinstance(histories, Mapping) else {"run": histories}
+
+
+def history_long(histories) -> pd.DataFrame:
+    """Training histories in long form for seaborn: columns run, epoch, samples, split, term, value.
+
+    ``histories`` is one history DataFrame (as in ``history.csv``) or a dict label -> history.
+    ``term`` is elbo, recon or kl; ``split`` is train or test.
+    """
+    frames = []
+    for label, history in _as_dict(histories).items():
+        for split in ("train", "test"):
+            for term in ("elbo", "recon", "kl"):
+                frames.append(pd.DataFrame({
+                    "run": label, "epoch": history["epoch"], "samples": history["samples"],
+                    "split": split, "term": term, "value": history[f"{split}_{term}"]}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def run_labels(configs: Sequence[TrainConfig]) -> list[str]:
+    """Short legend labels: the configuration fields in which the runs differ ("latent_dim=5"),
+    or the configuration's name for a single run. Paths and the device are not compared."""
+    if len(configs) == 1:
+        return [configs[0].name]
+    ignore = {"run_dir", "data_dir", "device"}
+    dicts = [c.to_dict() for c in configs]
+    differ = [k for k in dicts[0] if k not in ignore and len({repr(d[k]) for d in dicts}) > 1]
+    labels = [", ".join(f"{k}={d[k]}" for k in differ) for d in dicts]
+    if not differ or len(set(labels)) < len(labels):
+        labels = [str(c.run_dir) for c in configs]
+    return labels
+
+
+# ----------------------------------------------------------------------------- tables
+
+def load_test_data(configs: Sequence[TrainConfig]) -> list:
+    """The dataset each run was trained and evaluated on (name, data_dir, binarisation and subsets
+    from its saved config), on the CPU. A dataset shared by several runs is loaded once."""
+    from vae_utils.data import load_dataset
+
+    loaded, out = {}, []
+    for c in configs:
+        key = (c.dataset, c.data_dir, c.binarize, c.train_subset, c.test_subset)
+        if key not in loaded:
+            loaded[key] = load_dataset(c.dataset, c.data_dir, binarize=c.binarize,
+                                       train_subset=c.train_subset, test_subset=c.test_subset)
+        out.append(loaded[key])
+    return out
+
+
+def config_table(configs: Mapping[str, TrainConfig]) -> pd.DataFrame:
+    """The saved configurations side by side: one row per TrainConfig field, one column per run."""
+    return pd.DataFrame({label: {k: repr(v) for k, v in c.to_dict().items()}
+                         for label, c in configs.items()})
+
+
+def metrics_table(row: pd.Series) -> pd.DataFrame:
+    """One history row (e.g. ``Run.final``) as a train/test x ELBO/expected log-likelihood/KL
+    table, in nats per datapoint, rounded to 2 decimals."""
+    names = {"elbo": "ELBO", "recon": "E_q[log p(x|z)]", "kl": "KL(q || p)"}
+    return pd.DataFrame({split: {name: float(row[f"{split}_{term}"]) for term, name in names.items()}
+                         for split in ("train", "test")}).T.round(2)
+
+
+def describe_regime(config: TrainConfig) -> str:
+    """Which published numbers a run's log-likelihoods may be compared with (see NOTES: numbers
+    are comparable only within one data regime)."""
+    if config.decoder == "gaussian":
+        return ("Gaussian decoder: a log *density* of continuous pixel values; it can be positive "
+                "and is not comparable with any Bernoulli (discrete) log-likelihood.")
+    return {
+        "none": ("Bernoulli decoder on grey levels (binarize='none'), the paper's own regime "
+                 "(Figure 2): a cross-entropy against grey pixels, not the log-probability of "
+                 "binary images, so not comparable with Burda et al.'s binarised numbers."),
+        "dynamic": ("Bernoulli decoder on dynamically binarised images: Burda et al.'s regime "
+                    "(their VAE with 50 latents and two hidden layers: log p(x) = -86.76 nats)."),
+        "static": ("Bernoulli decoder on one fixed binarisation: models score about 2 nats worse "
+                   "here than with dynamic binarisation, and overfit more (Burda et al.)."),
+    }[config.binarize]
+
+
+def likelihood_summary(model, x: torch.Tensor, k: int, seed: int = 0, progress: bool = True) -> dict:
+    """On the same images ``x``: the ELBO (analytic KL, one sample), the importance-weighted
+    estimate of log p(x) with k samples (Burda et al.), and their gap, averaged over ``x`` in
+    nats per datapoint. The gap estimates the average KL(q(z|x) || p(z|x)) left by the encoder."""
+    from vae_utils.loss import evaluate, importance_weighted_log_likelihood
+
+    bound = evaluate(model, x, n_samples=1, kl="analytic", seed=seed)["elbo"]
+    log_px = importance_weighted_log_likelihood(model, x, k=k, seed=seed, progress=progress)
+    log_px = float(log_px.mean())
+    return {"images": len(x), "ELBO": bound, f"log p(x), k={k}": log_px, "log p(x) - ELBO": log_px - bound}
+
+
+# ----------------------------------------------------------------------------- images
+
+def show_images(images: torch.Tensor, image_shape: Sequence[int], nrow: int = 10,
+                ax: Optional[plt.Axes] = None, title: Optional[str] = None, padding: int = 2) -> plt.Axes:
+    """Draw flat images (N, D) as one grey grid (see :func:`image_grid`); returns the Axes."""
+    grid = image_grid(images, image_shape, nrow, padding)
+    if ax is None:
+        rows = (len(images) + nrow - 1) // nrow
+        scale = 0.6 * image_shape[0] / 28
+        _, ax = plt.subplots(figsize=(max(3.0, nrow * scale), max(1.5, rows * scale)))
+    ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_reconstructions(x: torch.Tensor, x_hat: torch.Tensor, image_shape: Sequence[int],
+                         ncol: int = 10, title: str = "Test images and their reconstructions") -> plt.Axes:
+    """Images above their reconstructions: for each block of ``ncol`` images, a row of originals
+    then a row of reconstructions, in one grid. Returns the Axes."""
+    blocks = []
+    for i in range(0, len(x), ncol):
+        a, b = x[i:i + ncol], x_hat[i:i + ncol]
+        pad = ncol - len(a)
+        if pad:  # blank (white) tiles complete the last block
+            a, b = (torch.cat([t, torch.ones(pad, t.shape[1], dtype=t.dtype)]) for t in (a, b))
+        blocks += [a, b]
+    ax = show_images(torch.cat(blocks), image_shape, nrow=ncol, title=title)
+    centre = 2 + image_shape[0] / 2  # the first row of tiles, below the padding
+    ax.text(-2, centre, "$x$", ha="right", va="center")
+    ax.text(-2, centre + image_shape[0] + 2, r"$\hat x$", ha="right", va="center")
+    return ax
+
+
+def plot_image_rows(rows: Mapping[str, torch.Tensor], image_shape: Sequence[int],
+                    titles: Optional[Mapping[str, Sequence[str]]] = None,
+                    suptitle: Optional[str] = None) -> plt.Figure:
+    """One row of separate images per entry of ``rows`` (label -> (n, D)), the label at the left,
+    and an optional caption above each image (``titles``: label -> n strings). Returns the Figure."""
+    n = max(len(v) for v in rows.values())
+    row_height = image_shape[0] / image_shape[1] + 0.4  # one inch per image across, plus a caption
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.0 * n + 1, row_height * len(rows)), squeeze=False)
+    for r, (label, images) in enumerate(rows.items()):
+        images = images.detach().to("cpu", torch.float32).reshape(-1, *image_shape).clamp(0, 1)
+        for c, ax in enumerate(axes[r]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            if c >= len(images):
+                ax.set_axis_off()
+                continue
+            ax.imshow(images[c].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            if titles and label in titles:
+                ax.set_title(titles[label][c], fontsize=8)
+        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center")
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def plot_manifold(model, image_shape: Sequence[int], grid_size: int = 20,
+                  ax: Optional[plt.Axes] = None, n_ticks: int = 5) -> plt.Axes:
+    """The paper's Figure 4 for a 2-D latent space: decoder means E[x|z] on :func:`latent_grid`.
+
+    Ticks sit at the centres of some tiles and read the tile's z coordinate. Returns the Axes.
+    """
+    z = latent_grid(grid_size).to(next(model.parameters()).device)
+    grid = image_grid(model.decode(z), image_shape, nrow=grid_size, padding=0)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 8 * image_shape[0] / image_shape[1]))
+    ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.grid(False)
+    values = latent_grid(grid_size, dim=1)[:, 0]
+    picks = np.unique(np.linspace(0, grid_size - 1, min(n_ticks, grid_size)).round().astype(int))
+    height, width = image_shape
+    ax.set_xticks(width * (picks + 0.5), [f"{values[i]:.2f}" for i in picks])
+    ax.set_yticks(height * (picks + 0.5), [f"{values[grid_size - 1 - i]:.2f}" for i in picks])
+    ax.set(xlabel=r"$z_1 = \Phi^{-1}(u_1)$", ylabel=r"$z_2 = \Phi^{-1}(u_2)$",
+           title=f"Learned 2-D manifold: decoder means on a {grid_size}x{grid_size} grid")
+    return ax
+
+
+# ----------------------------------------------------------------------------- curves
+
+def plot_elbo_curves(histories, x: str = "epoch", ax: Optional[plt.Axes] = None) -> plt.Axes:
+    """Train (dashed) and test (solid) ELBO of one or several runs.
+
+    ``x="epoch"``, or ``x="samples"``: training datapoints seen, on a log axis, the form of the
+    paper's Figure 2. Returns the Axes.
+    """
+    if x not in ("epoch", "samples"):
+        raise ValueError(f"x = {x!r} is invalid: allowed 'epoch' or 'samples'")
+    data = history_long(histories)
+    data = data[data["term"] == "elbo"]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 4.5))
+    sns.lineplot(data=data, x=x, y="value", hue="run", style="split", style_order=["test", "train"],
+                 marker="o", markersize=4, ax=ax)
+    if x == "samples":
+        ax.set_xscale("log")
+        ax.set(xlabel="training samples evaluated (log scale)",
+               title="Lower bound against training samples seen (the form of Figure 2)")
+    else:
+        ax.set(xlabel="epoch", title="Lower bound per epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(f"ELBO ({NATS})")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_elbo_terms(histories) -> plt.Figure:
+    """The ELBO's two terms per epoch, train (dashed) and test (solid): the expected
+    log-likelihood E_q[log p(x|z)] and KL(q(z|x) || p(z)). Returns the Figure."""
+    data = history_long(histories)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, term, title in ((axes[0], "recon", r"Expected log-likelihood $E_q[\log p(x|z)]$"),
+                            (axes[1], "kl", r"$KL(q(z|x)\,\|\,p(z))$")):
+        sns.lineplot(data=data[data["term"] == term], x="epoch", y="value", hue="run",
+                     style="split", style_order=["test", "train"], marker="o", markersize=4, ax=ax)
+        ax.set(title=title, xlabel="epoch", ylabel=f"nats ({NATS})")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=8)
+    fig.suptitle("ELBO = expected log-likelihood - KL")
+    fig.tight_layout()
+    return fig
+
+
+def plot_generalisation_gap(histories, ax: Optional[plt.Axes] = None) -> plt.Axes:
+    """Train ELBO minus test ELBO per epoch: positive means the model fits its training data
+    better than unseen data. Returns the Axes."""
+    frames = [pd.DataFrame({"run": label, "epoch": h["epoch"], "gap": h["train_elbo"] - h["test_elbo"]})
+              for label, h in _as_dict(histories).items()]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 4))
+    sns.lineplot(data=pd.concat(frames, ignore_index=True), x="epoch", y="gap", hue="run",
+                 marker="o", markersize=4, ax=ax)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set(title="Generalisation gap: train ELBO - test ELBO", xlabel="epoch",
+           ylabel=f"gap ({NATS})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_kl_per_dimension(statistics: Mapping[str, dict]) -> plt.Figure:
+    """For each run (label -> :func:`vae_utils.loss.posterior_statistics` output), one row of two
+    bar charts per latent dimension d: the average KL(q(z_d|x) || p(z_d)) and the activity
+    Var_x E_q[z_d|x] (log scale, with the 0.01 threshold). Active units are coloured. Returns the
+    Figure."""
+    fig, axes = plt.subplots(len(statistics), 2, figsize=(12, 3.2 * len(statistics)), squeeze=False)
+    for (label, stats), (ax_kl, ax_act) in zip(statistics.items(), axes):
+        kl, activity = stats["kl"].cpu().numpy(), stats["activity"].cpu().numpy()
+        active = stats["active"].cpu().numpy()
+        dims = np.arange(1, len(kl) + 1)
+        colours = np.where(active, "C0", "lightgrey")
+        ax_kl.bar(dims, kl, color=colours)
+        ax_kl.set(xlabel="latent dimension d", ylabel=f"KL ({NATS})",
+                  title=f"{label}: KL per dimension ({int(active.sum())} of {len(kl)} active)")
+        ax_act.bar(dims, activity, color=colours)
+        ax_act.axhline(ACTIVE_THRESHOLD, color="C3", linestyle="--", label="threshold 0.01")
+        ax_act.set_yscale("log")
+        ax_act.set(xlabel="latent dimension d", ylabel=r"Var$_x\,E_q[z_d|x]$",
+                   title=f"{label}: activity (blue = active)")
+        ax_act.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+        for ax in (ax_kl, ax_act):
+            ax.set_xticks(dims if len(dims) <= 20 else dims[::max(1, len(dims) // 10)])
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- latent space
+
+def plot_latent_scatter(points: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                        classes: Optional[Sequence[str]] = None, ax: Optional[plt.Axes] = None,
+                        title: str = "Posterior means of the test set",
+                        xlabel: str = r"$z_1$", ylabel: str = r"$z_2$",
+                        box: Optional[float] = None) -> plt.Axes:
+    """Scatter 2-D points (N, 2), coloured by class when ``labels`` is given (``classes`` names
+    them). ``box``: also draw the square [-box, box]^2 (e.g. the span of the Figure 4 grid).
+    Returns the Axes."""
+    points = points.detach().cpu().numpy()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7.5, 6.5))
+    if labels is None:
+        ax.scatter(points[:, 0], points[:, 1], s=6, alpha=0.7)
+    else:
+        names = classes or [str(i) for i in range(int(labels.max()) + 1)]
+        hue = [names[i] for i in labels.cpu().tolist()]
+        sns.scatterplot(x=points[:, 0], y=points[:, 1], hue=hue, hue_order=list(names),
+                        palette="tab10", s=8, linewidth=0, alpha=0.7, ax=ax)
+        ax.legend(title="class", fontsize=8, markerscale=2, bbox_to_anchor=(1.02, 1), loc="upper left")
+    if box is not None:
+        ax.add_patch(plt.Rectangle((-box, -box), 2 * box, 2 * box, fill=False, linestyle="--",
+                                   color="black", linewidth=1, label="manifold grid"))
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    return ax
+
+
+def plot_latent_1d(values: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                   classes: Optional[Sequence[str]] = None, ax: Optional[plt.Axes] = None,
+                   title: str = "Posterior means of the test set (N_z = 1)") -> plt.Axes:
+    """Histogram of 1-D posterior means (N,) or (N, 1), one step outline per class when
+    ``labels`` is given. Returns the Axes."""
+    values = values.detach().cpu().reshape(-1).numpy()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(9, 4.5))
+    if labels is None:
+        sns.histplot(x=values, bins=50, ax=ax)
+    else:
+        names = classes or [str(i) for i in range(int(labels.max()) + 1)]
+        hue = [names[i] for i in labels.cpu().tolist()]
+        sns.histplot(x=values, hue=hue, hue_order=list(names), palette="tab10", bins=50,
+                     element="step", fill=False, ax=ax)
+    ax.set(title=title, xlabel=r"$E_q[z_1|x]$", ylabel="test images")
+    return ax
+
+
+def plot_per_class(table: pd.DataFrame, value: str = "recon", classes: Optional[Sequence[str]] = None,
+                   ax: Optional[plt.Axes] = None, ylabel: Optional[str] = None) -> plt.Axes:
+    """Violin plot (with quartiles) of ``table[value]`` per ``table["class"]``, in the order of
+    ``classes``. Returns the Axes.
+
+    (A violin rather than seaborn's box plot: with matplotlib >= 3.11 the latter emits a
+    deprecation warning, which would break the notebooks' nbval comparison of stderr.)
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(10, 4.5))
+    sns.violinplot(data=table, x="class", y=value, order=list(classes) if classes else None,
+                   inner="quart", cut=0, density_norm="width", linewidth=0.8, ax=ax)
+    ax.set(xlabel="class", ylabel=ylabel or f"{value} ({NATS})")
+    return ax

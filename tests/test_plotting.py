@@ -11,7 +11,7 @@ import torch  # noqa: E402
 
 from vae_utils import plotting  # noqa: E402
 from vae_utils.config import TrainConfig  # noqa: E402
-from vae_utils.loss import evaluate, posterior_statistics  # noqa: E402
+from vae_utils.loss import posterior_statistics  # noqa: E402
 from vae_utils.model import VAE  # noqa: E402
 
 SHAPE = (4, 5)  # a small image shape, D = 20

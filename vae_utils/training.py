@@ -12,11 +12,9 @@ interrupted run leaves the previous good version of each file in place.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -234,7 +232,7 @@ def train(config: TrainConfig, *, overwrite: bool = False, resume: bool = False,
                 + (f"The last good checkpoint (epoch {state['epoch']}) is kept in {path}. "
                    if state["epoch"] else f"No epoch finished, so {path} holds no checkpoint. ")
                 + "Try a smaller lr or, for the Gaussian decoder, a higher "
-                f"min_logvar.")
+                "min_logvar.")
         row = {"epoch": epoch, "samples": epoch * len(data.x_train)}
         row.update(_eval_row(model, data, config, epoch))
         row["minibatch_elbo"] = -losses.double().mean().item()

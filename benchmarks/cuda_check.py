@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 import vae_utils.training as training
-from vae_utils import TrainConfig, load_dataset, load_run, train
+from vae_utils import VAE, TrainConfig, load_dataset, load_run, train
 from vae_utils.loss import evaluate, importance_weighted_log_likelihood
 
 FAILED = []
@@ -108,7 +108,7 @@ def main() -> int:
                                        optimizer="adam", lr=1e-3, batch_size=128),
     }.items():
         torch.manual_seed(0)
-        model = training.VAE.from_config(config, 784).cuda()
+        model = VAE.from_config(config, 784).cuda()
         optimizer = training.make_optimizer(model, config, torch.device("cuda"))
         generator = torch.Generator("cuda").manual_seed(0)
         times = []

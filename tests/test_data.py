@@ -513,3 +513,17 @@ def test_expected_files_match_shared_md5sums(shared_data):
             assert sums[rel] == md5, rel
     assert data_module.md5sum(shared_data / "FreyFace/frey_rawface.mat") == \
         EXPECTED_FILES["frey_face"]["FreyFace/frey_rawface.mat"]
+
+
+def test_load_config_data_takes_dataset_binarisation_and_subsets_from_the_config(shared_data):
+    """The data a run sees is the config's dataset, data_dir, binarisation and subsets: the same
+    tensors as load_dataset called with those fields by hand."""
+    from vae_utils.config import TrainConfig
+    from vae_utils.data import load_config_data
+
+    config = TrainConfig(data_dir=str(shared_data), binarize="static", train_subset=120, test_subset=30)
+    got = load_config_data(config)
+    want = load_dataset("mnist", shared_data, binarize="static", train_subset=120, test_subset=30)
+    assert got.x_train.shape == (120, 784) and got.x_test.shape == (30, 784)
+    for field in ("x_train", "y_train", "x_test", "y_test", "x_train_eval"):
+        assert torch.equal(getattr(got, field), getattr(want, field)), field

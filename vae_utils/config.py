@@ -28,6 +28,9 @@ KL_ESTIMATORS = ("analytic", "mc")
 BINARIZATIONS = ("none", "dynamic", "static")
 DEVICES = ("auto", "cpu", "cuda")
 INITS = ("pytorch", "paper")
+#: Fields that say where a run lives or runs, not what it is: two runs that differ only in these
+#: are the same experiment (a resume may change them; legends ignore them).
+PLACEMENT_FIELDS = ("device", "run_dir", "data_dir")
 MAX_SEED = 2**31 - 1  # train() also seeds with seed + 1; torch takes up to 2**64 - 1
 
 

@@ -19,7 +19,8 @@ from typing import Iterator, Optional
 
 import torch
 
-from vae_utils.config import PROJECT_ROOT, resolve_path
+from vae_utils.config import (BINARIZATIONS, DATASETS, PROJECT_ROOT, TrainConfig, check_choice,
+                              resolve_path)
 
 #: Fixed seeds, independent of the training seed, so that every run sees the same data.
 SPLIT_SEED = 0  # Frey Face's train/test split
@@ -180,12 +181,8 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, binarize: str
     ``"static"`` (train and test binarised once, seed :data:`STATIC_SEED`) or ``"dynamic"`` (see
     :class:`Data`).
     """
-    from vae_utils.config import BINARIZATIONS, DATASETS
-
-    if name not in DATASETS:
-        raise ValueError(f"dataset = {name!r} is invalid: allowed one of {DATASETS}")
-    if binarize not in BINARIZATIONS:
-        raise ValueError(f"binarize = {binarize!r} is invalid: allowed one of {BINARIZATIONS}")
+    check_choice("dataset", name, DATASETS)
+    check_choice("binarize", binarize, BINARIZATIONS)
     root = data_root(data_dir)
     ensure_files(name, root, download)
     x_train, y_train, x_test, y_test = _read(name, root)
@@ -205,6 +202,14 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, binarize: str
         y_train, y_test = y_train.to(device), y_test.to(device)
     return Data(name, x_train, y_train, x_test, y_test, x_train_eval, IMAGE_SHAPES[name],
                 CLASSES[name], binarize)
+
+
+def load_config_data(config: TrainConfig, device: str | torch.device = "cpu") -> Data:
+    """The data a run trains and is evaluated on: ``config``'s dataset, data_dir, binarisation and
+    subsets, on ``device``."""
+    return load_dataset(config.dataset, config.data_dir, binarize=config.binarize,
+                        train_subset=config.train_subset, test_subset=config.test_subset,
+                        device=device)
 
 
 def _binarize(x: torch.Tensor, seed: int, split: int) -> torch.Tensor:

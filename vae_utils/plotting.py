@@ -25,7 +25,7 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-from vae_utils.config import TrainConfig
+from vae_utils.config import PLACEMENT_FIELDS, TrainConfig
 
 NATS = "nats per datapoint"
 ACTIVE_THRESHOLD = 0.01  # Burda et al. (2015): a unit is active when Var_x E_q[z_d|x] > 0.01
@@ -125,9 +125,8 @@ def run_labels(configs: Sequence[TrainConfig]) -> list[str]:
     or the configuration's name for a single run. Paths and the device are not compared."""
     if len(configs) == 1:
         return [configs[0].name]
-    ignore = {"run_dir", "data_dir", "device"}
     dicts = [c.to_dict() for c in configs]
-    differ = [k for k in dicts[0] if k not in ignore and len({repr(d[k]) for d in dicts}) > 1]
+    differ = [k for k in dicts[0] if k not in PLACEMENT_FIELDS and len({repr(d[k]) for d in dicts}) > 1]
     labels = [", ".join(f"{k}={d[k]}" for k in differ) for d in dicts]
     if not differ or len(set(labels)) < len(labels):
         labels = [str(c.run_dir) for c in configs]
@@ -139,14 +138,13 @@ def run_labels(configs: Sequence[TrainConfig]) -> list[str]:
 def load_test_data(configs: Sequence[TrainConfig]) -> list:
     """The dataset each run was trained and evaluated on (name, data_dir, binarisation and subsets
     from its saved config), on the CPU. A dataset shared by several runs is loaded once."""
-    from vae_utils.data import load_dataset
+    from vae_utils.data import load_config_data
 
     loaded, out = {}, []
     for c in configs:
         key = (c.dataset, c.data_dir, c.binarize, c.train_subset, c.test_subset)
         if key not in loaded:
-            loaded[key] = load_dataset(c.dataset, c.data_dir, binarize=c.binarize,
-                                       train_subset=c.train_subset, test_subset=c.test_subset)
+            loaded[key] = load_config_data(c)
         out.append(loaded[key])
     return out
 

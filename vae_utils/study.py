@@ -51,6 +51,7 @@ from typing import Optional
 
 from vae_utils import config as _config
 from vae_utils.config import PROJECT_ROOT, TrainConfig, check_int
+from vae_utils.training import existing_run_files
 
 NOTEBOOKS = ("01_derivation", "02_train", "03_loss_curves", "04_reconstruction", "05_latent_manifold")
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
@@ -173,13 +174,6 @@ def declared_parameters(notebook_path: Path, wanted: dict, explicit: dict = ()) 
     return {k: v for k, v in wanted.items() if k in declared}
 
 
-def existing_run(config: TrainConfig) -> list[str]:
-    """The run files already in ``config``'s run directory (empty when it holds no run)."""
-    from vae_utils.training import RUN_FILES
-
-    return [f for f in RUN_FILES if (config.path / f).exists()]
-
-
 # ----------------------------------------------------------------------------- executing
 
 class _LineStream:
@@ -285,7 +279,7 @@ def run_study(overrides: Optional[dict] = None, *, quick: bool = False, name: Op
     :class:`NotebookFailed` naming the notebook and cell when one fails.
     """
     study = plan_study(overrides, quick=quick, name=name, overwrite=overwrite, resume=resume)
-    found = existing_run(study.config)
+    found = existing_run_files(study.config)
     if found and not (overwrite or resume):
         raise StudyError(
             f"run directory {study.config.path} already holds a run ({', '.join(found)}); it is "

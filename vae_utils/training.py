@@ -25,8 +25,8 @@ from typing import Iterable, Optional
 import pandas as pd
 import torch
 
-from vae_utils.config import TrainConfig, resolve_path
-from vae_utils.data import Data, batches, load_dataset
+from vae_utils.config import PLACEMENT_FIELDS, TrainConfig, resolve_path
+from vae_utils.data import Data, batches, load_config_data
 from vae_utils.loss import elbo, evaluate
 from vae_utils.model import VAE
 
@@ -85,14 +85,19 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
+def existing_run_files(config: TrainConfig) -> list[str]:
+    """The run files already in ``config``'s run directory (empty when it holds no run)."""
+    return [f for f in RUN_FILES if (config.path / f).exists()]
+
+
 def _prepare_run_dir(config: TrainConfig, overwrite: bool, resume: bool) -> Optional[dict]:
     """Make the run directory; return the checkpoint to resume from, if any."""
     path = config.path
-    existing = [f for f in RUN_FILES if (path / f).exists()]
+    existing = existing_run_files(config)
     if existing and resume:
         saved = json.loads((path / "config.json").read_text())
         differ = {k: (saved.get(k), v) for k, v in config.to_dict().items()
-                  if k not in ("device", "run_dir", "data_dir") and saved.get(k) != v}
+                  if k not in PLACEMENT_FIELDS and saved.get(k) != v}
         if differ:
             raise ValueError(f"cannot resume {path}: its config.json differs in "
                              + ", ".join(f"{k} (saved {a!r}, asked {b!r})" for k, (a, b) in differ.items()))
@@ -200,9 +205,7 @@ def train(config: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     device = resolve_device(config.device)
     checkpoint = _prepare_run_dir(config, overwrite, resume)
     if data is None:
-        data = load_dataset(config.dataset, config.data_dir, binarize=config.binarize,
-                            train_subset=config.train_subset, test_subset=config.test_subset,
-                            device=device)
+        data = load_config_data(config, device)
     torch.manual_seed(config.seed)
     model = VAE.from_config(config, data.dim).to(device)
     optimizer = make_optimizer(model, config, device)

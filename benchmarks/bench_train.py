@@ -1,20 +1,28 @@
 """Epoch time of vae_utils training against the common PyTorch-example loop, and the fraction of
 this machine's matrix-multiply peak each reaches. A script, not a test: run it on a quiet machine.
 
-    python benchmarks/bench_train.py            # both configurations, 5 timed epochs each
+    python benchmarks/bench_train.py            # all three configurations, 5 timed epochs each
     python benchmarks/bench_train.py --epochs 1 # quicker, noisier
+    python benchmarks/bench_train.py --only burda --threads 1 --epochs 2
+
+The third configuration is Burda et al.'s one-stochastic-layer VAE (two hidden layers of 200,
+N_z = 50, minibatch 20, Adam with eps 1e-4, dynamic binarisation): per-step overhead rather than
+arithmetic dominates it. ``benchmarks/bench_small_batch.py`` compares it with a compiled step.
 
 The reference loop is written the way pytorch/examples' vae/main.py does it: a torchvision MNIST
 dataset with ``ToTensor``, ``DataLoader(shuffle=True)``, sigmoid outputs fed to
 ``F.binary_cross_entropy(reduction="sum")``, ``loss.item()`` every step and the optimizer's default
-implementation. Both loops train the same ``vae_utils.VAE`` with the same batch size and optimizer
-algorithm and step size. Only the training pass is timed (no evaluation, no checkpoints). The
-two loops alternate epoch by epoch and each keeps its fastest epoch (noise only adds time).
+implementation (with the configuration's Adam eps); for dynamic binarisation it draws
+``torch.bernoulli`` of each batch. Both loops train the same ``vae_utils.VAE`` with the same batch
+size and optimizer algorithm and step size. Only the training pass is timed (no evaluation, no
+checkpoints). The two loops alternate epoch by epoch and each keeps its fastest epoch (noise only
+adds time).
 
 FLOPs count the matrix multiplies of one training step (forward, weight gradients, and input
 gradients for every layer but the first): 2 per multiply-add. Peak is the best of a few
 4096x4096 float32 matmuls in the same run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,14 +33,29 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from vae_utils import TrainConfig, VAE, load_dataset
+from vae_utils import VAE, TrainConfig, load_dataset
 from vae_utils.data import data_root
 from vae_utils.training import make_optimizer, train_epoch
 
 CONFIGS = {
     "default (784-500-2 tanh, Adagrad 0.01, M=100)": TrainConfig(),
     "pytorch example (784-400-20 ReLU, Adam 1e-3, M=128)": TrainConfig(
-        hidden_dim=400, latent_dim=20, activation="relu", optimizer="adam", lr=1e-3, batch_size=128),
+        hidden_dim=400, latent_dim=20, activation="relu", optimizer="adam", lr=1e-3, batch_size=128
+    ),
+    "burda (784-200-200-50 tanh, Adam 1e-3 eps 1e-4, M=20, dynamic binarisation)": TrainConfig(
+        hidden_dim=200,
+        hidden_layers=2,
+        latent_dim=50,
+        batch_size=20,
+        optimizer="adam",
+        lr=1e-3,
+        adam_eps=1e-4,
+        lr_schedule="burda",
+        epochs=3280,
+        binarize="dynamic",
+        decoder="bernoulli",
+        activation="tanh",
+    ),
 }
 
 
@@ -56,22 +79,26 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def reference_epoch(model: VAE, optimizer, loader) -> float:
+def reference_step(model: VAE, optimizer, x: torch.Tensor, config: TrainConfig) -> float:
+    """One step the pytorch/examples way (plus torch.bernoulli for dynamic binarisation)."""
+    x = x.view(-1, 784)
+    if config.binarize == "dynamic":
+        x = torch.bernoulli(x)
+    optimizer.zero_grad()
+    mu, logvar = model.encode(x)
+    z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+    recon = torch.sigmoid(model.decoder(z))
+    kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    loss = F.binary_cross_entropy(recon, x, reduction="sum") + kld
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def reference_epoch(model: VAE, optimizer, loader, config: TrainConfig) -> float:
     """One epoch the pytorch/examples way; returns the summed loss like the example prints it."""
     model.train()
-    total = 0.0
-    for x, _ in loader:
-        x = x.view(-1, 784)
-        optimizer.zero_grad()
-        mu, logvar = model.encode(x)
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        recon = torch.sigmoid(model.decoder(z))
-        kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
-        loss = F.binary_cross_entropy(recon, x, reduction="sum") + kld
-        loss.backward()
-        optimizer.step()
-        total += loss.item()
-    return total
+    return sum(reference_step(model, optimizer, x, config) for x, _ in loader)
 
 
 def bench(config: TrainConfig, epochs: int, data) -> dict:
@@ -84,13 +111,18 @@ def bench(config: TrainConfig, epochs: int, data) -> dict:
     generator = torch.Generator().manual_seed(0)
     # reference: torchvision dataset + ToTensor + DataLoader, the optimizer's default implementation.
     ref = VAE.from_config(config, 784)
-    opt_cls = {"adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam}[config.optimizer]
-    ref_opt = opt_cls(ref.parameters(), lr=config.lr)
-    dataset = torchvision.datasets.MNIST(str(data_root()), train=True,
-                                         transform=torchvision.transforms.ToTensor())
+    if config.optimizer == "adagrad":
+        ref_opt = torch.optim.Adagrad(ref.parameters(), lr=config.lr)
+    else:
+        ref_opt = torch.optim.Adam(ref.parameters(), lr=config.lr, eps=config.adam_eps)
+    dataset = torchvision.datasets.MNIST(
+        str(data_root()), train=True, transform=torchvision.transforms.ToTensor()
+    )
     loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, shuffle=True)
-    loops = {"vae_utils": lambda: train_epoch(ours, ours_opt, data, config, generator),
-             "reference": lambda: reference_epoch(ref, ref_opt, loader)}
+    loops = {
+        "vae_utils": lambda: train_epoch(ours, ours_opt, data, config, generator),
+        "reference": lambda: reference_epoch(ref, ref_opt, loader, config),
+    }
     times = {name: [] for name in loops}
     for epoch in range(epochs + 1):  # the first round warms up
         for name, loop in loops.items():
@@ -98,27 +130,37 @@ def bench(config: TrainConfig, epochs: int, data) -> dict:
             if epoch:
                 times[name].append(seconds)
     n_batches = -(-len(data.x_train) // config.batch_size)
-    return {"times": {k: min(v) for k, v in times.items()},
-            "median": {k: statistics.median(v) for k, v in times.items()},
-            "flops": step_flops(ours, config.batch_size) * n_batches}
+    return {
+        "times": {k: min(v) for k, v in times.items()},
+        "median": {k: statistics.median(v) for k, v in times.items()},
+        "flops": step_flops(ours, config.batch_size) * n_batches,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=5, help="timed epochs per loop (fastest kept)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--only", default="", help="run only the configurations whose name contains this")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, data from {data_root()}")
     data = load_dataset("mnist")
     peak = matmul_peak()
     print(f"float32 matmul peak (4096^3): {peak / 1e9:.1f} GFLOP/s\n")
     for name, config in CONFIGS.items():
+        if args.only not in name:
+            continue
         r = bench(config, args.epochs, data)
         t_ours, t_ref = r["times"]["vae_utils"], r["times"]["reference"]
         print(f"{name}: {r['flops'] / 1e9:.0f} GFLOP per epoch")
         for label, t in (("vae_utils", t_ours), ("reference", t_ref)):
             rate = r["flops"] / t
-            print(f"  {label:<10} {t:6.2f} s/epoch (median {r['median'][label]:.2f})  "
-                  f"{rate / 1e9:6.1f} GFLOP/s  {100 * rate / peak:5.1f} % of matmul peak")
+            print(
+                f"  {label:<10} {t:6.2f} s/epoch (median {r['median'][label]:.2f})  "
+                f"{rate / 1e9:6.1f} GFLOP/s  {100 * rate / peak:5.1f} % of matmul peak"
+            )
         print(f"  speed-up over reference: {t_ref / t_ours:.2f}x\n")
 
 

@@ -6,6 +6,7 @@ test set, loading a GPU run on the CPU, and the epoch time of both benchmark con
 
 Prints one line per check and exits non-zero when one fails.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,13 +46,19 @@ def main() -> int:
 
     t = time.perf_counter()
     run = train(TrainConfig(epochs=5, run_dir=str(out / "z20"), **base), progress=True, data=data)
-    check("5 epochs, latent_dim=20, test ELBO > -130", run.final["test_elbo"] > -130,
-          f"{run.final['test_elbo']:.2f} in {time.perf_counter() - t:.1f} s")
+    check(
+        "5 epochs, latent_dim=20, test ELBO > -130",
+        run.final["test_elbo"] > -130,
+        f"{run.final['test_elbo']:.2f} in {time.perf_counter() - t:.1f} s",
+    )
 
     a = train(TrainConfig(epochs=2, run_dir=str(out / "a"), **base), progress=False, data=data)
     b = train(TrainConfig(epochs=2, run_dir=str(out / "b"), **base), progress=False, data=data)
-    check("same seed, same history on the GPU", same_history(a.history, b.history),
-          a.history["test_elbo"].round(4).tolist().__repr__())
+    check(
+        "same seed, same history on the GPU",
+        same_history(a.history, b.history),
+        a.history["test_elbo"].round(4).tolist().__repr__(),
+    )
 
     # Interrupt a 3-epoch run during its third epoch, resume it, compare with an uninterrupted one.
     full = train(TrainConfig(epochs=3, run_dir=str(out / "full"), **base), progress=False, data=data)
@@ -71,26 +78,51 @@ def main() -> int:
         pass
     training.train_epoch = real_epoch
     resumed = train(config, resume=True, progress=False, data=data)
-    check("resumed run equals uninterrupted run", same_history(full.history, resumed.history),
-          f"{len(resumed.history)} epochs")
+    check(
+        "resumed run equals uninterrupted run",
+        same_history(full.history, resumed.history),
+        f"{len(resumed.history)} epochs",
+    )
 
     on_cpu = load_run(out / "full", device="cpu")
     x = data.x_test[:500]
     gpu_elbo = evaluate(full.model, x, seed=3)["elbo"]
     cpu_elbo = evaluate(on_cpu.model, x.cpu(), seed=3)["elbo"]
-    check("a GPU run loads on the CPU", abs(gpu_elbo - cpu_elbo) < 1.0,
-          f"ELBO GPU {gpu_elbo:.3f}, CPU {cpu_elbo:.3f} (different noise streams)")
+    check(
+        "a GPU run loads on the CPU",
+        abs(gpu_elbo - cpu_elbo) < 1.0,
+        f"ELBO GPU {gpu_elbo:.3f}, CPU {cpu_elbo:.3f} (different noise streams)",
+    )
 
     for binarize in ("dynamic", "static"):
         d = load_dataset("mnist", binarize=binarize, device="cuda", train_subset=5000, test_subset=1000)
-        r = train(TrainConfig(epochs=2, binarize=binarize, run_dir=str(out / binarize),
-                              train_subset=5000, test_subset=1000, **base), progress=False, data=d)
-        check(f"binarize={binarize} trains", bool(r.history["test_elbo"].notna().all()),
-              f"test ELBO {r.final['test_elbo']:.2f}")
-    g = train(TrainConfig(epochs=2, decoder="gaussian", run_dir=str(out / "gauss"), **base),
-              progress=False, data=data)
-    check("Gaussian decoder trains", bool(g.history["test_elbo"].notna().all()),
-          f"test ELBO {g.final['test_elbo']:.2f}")
+        r = train(
+            TrainConfig(
+                epochs=2,
+                binarize=binarize,
+                run_dir=str(out / binarize),
+                train_subset=5000,
+                test_subset=1000,
+                **base,
+            ),
+            progress=False,
+            data=d,
+        )
+        check(
+            f"binarize={binarize} trains",
+            bool(r.history["test_elbo"].notna().all()),
+            f"test ELBO {r.final['test_elbo']:.2f}",
+        )
+    g = train(
+        TrainConfig(epochs=2, decoder="gaussian", run_dir=str(out / "gauss"), **base),
+        progress=False,
+        data=data,
+    )
+    check(
+        "Gaussian decoder trains",
+        bool(g.history["test_elbo"].notna().all()),
+        f"test ELBO {g.final['test_elbo']:.2f}",
+    )
 
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -98,14 +130,24 @@ def main() -> int:
     log_px = importance_weighted_log_likelihood(run.model, data.x_test, k=5000, progress=False)
     torch.cuda.synchronize()
     elbo = evaluate(run.model, data.x_test)["elbo"]
-    check("log p(x), k=5000, 10,000 test images", log_px.mean().item() >= elbo,
-          f"{log_px.mean().item():.2f} >= ELBO {elbo:.2f}; {time.perf_counter() - t:.1f} s, peak "
-          f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+    check(
+        "log p(x), k=5000, 10,000 test images",
+        log_px.mean().item() >= elbo,
+        f"{log_px.mean().item():.2f} >= ELBO {elbo:.2f}; {time.perf_counter() - t:.1f} s, peak "
+        f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB",
+    )
 
     for name, config in {
         "default": TrainConfig(device="cuda"),
-        "pytorch example": TrainConfig(device="cuda", hidden_dim=400, latent_dim=20, activation="relu",
-                                       optimizer="adam", lr=1e-3, batch_size=128),
+        "pytorch example": TrainConfig(
+            device="cuda",
+            hidden_dim=400,
+            latent_dim=20,
+            activation="relu",
+            optimizer="adam",
+            lr=1e-3,
+            batch_size=128,
+        ),
     }.items():
         torch.manual_seed(0)
         model = VAE.from_config(config, 784).cuda()

@@ -3,18 +3,19 @@
 The thread count is also exported so that the kernels nbval starts for the notebook references
 inherit it.
 """
+
 import os
 
 os.environ["OMP_NUM_THREADS"] = "1"  # one thread: stable under load, same numbers everywhere
 os.environ["MKL_NUM_THREADS"] = "1"
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from vae_utils.config import PROJECT_ROOT  # noqa: E402
-from vae_utils.data import data_root  # noqa: E402
+from vae_utils.config import PROJECT_ROOT
+from vae_utils.data import data_root
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 

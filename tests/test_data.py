@@ -5,6 +5,7 @@ Every test that needs a broken or read-only data folder builds it under ``tmp_pa
 nothing is ever written to the shared data folder, and the network is never used: sockets are
 blocked for the whole module and torchvision's downloader is replaced where a download is tried.
 """
+
 import os
 import shutil
 import socket
@@ -19,8 +20,16 @@ import torch
 
 import vae_utils.data as data_module
 from vae_utils.config import PROJECT_ROOT
-from vae_utils.data import (EXPECTED_FILES, FREY_TEST_SIZE, SPLIT_SEED, DatasetCorruptError,
-                            DatasetNotFoundError, batches, data_root, load_dataset)
+from vae_utils.data import (
+    EXPECTED_FILES,
+    FREY_TEST_SIZE,
+    SPLIT_SEED,
+    DatasetCorruptError,
+    DatasetNotFoundError,
+    batches,
+    data_root,
+    load_dataset,
+)
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -44,8 +53,7 @@ def no_network(monkeypatch):
     assert not attempts, f"a test tried to reach the network: {attempts}"
 
 
-def copy_files(src_root: Path, dst_root: Path, name: str, link_from: Path | None = None,
-               skip=()) -> Path:
+def copy_files(src_root: Path, dst_root: Path, name: str, link_from: Path | None = None, skip=()) -> Path:
     """Put ``name``'s expected files under ``dst_root``: copied from ``src_root``, or symlinked to
     the copies under ``link_from`` (a tmp folder, never the shared one). Returns dst_root."""
     for rel in EXPECTED_FILES[name]:
@@ -83,9 +91,22 @@ def snapshot(root: Path) -> dict:
 
 _WATCH: list = []  # (root, events) pairs being watched; the hook is installed once per process
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-_WRITE_EVENTS = {"os.mkdir", "os.rename", "os.replace", "os.remove", "os.rmdir", "os.chmod",
-                 "os.truncate", "os.symlink", "os.link", "os.utime", "shutil.copyfile",
-                 "shutil.move", "shutil.rmtree", "os.chown"}
+_WRITE_EVENTS = {
+    "os.mkdir",
+    "os.rename",
+    "os.replace",
+    "os.remove",
+    "os.rmdir",
+    "os.chmod",
+    "os.truncate",
+    "os.symlink",
+    "os.link",
+    "os.utime",
+    "shutil.copyfile",
+    "shutil.move",
+    "shutil.rmtree",
+    "os.chown",
+}
 
 
 def _audit(event, args):
@@ -93,8 +114,9 @@ def _audit(event, args):
         return
     if event == "open":
         path, mode, flags = args
-        writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or \
-            (isinstance(flags, int) and flags & _WRITE_FLAGS)
+        writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+            isinstance(flags, int) and flags & _WRITE_FLAGS
+        )
         if not writing:
             return
         paths = [path]
@@ -129,14 +151,14 @@ def no_writes_under(root: Path):
 
 
 def make_read_only(root: Path):
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         for n in filenames:
             os.chmod(Path(dirpath) / n, 0o444)
         os.chmod(dirpath, 0o555)
 
 
 def make_writable(root: Path):
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         os.chmod(dirpath, 0o755)
         for n in filenames:
             os.chmod(Path(dirpath) / n, 0o644)
@@ -242,12 +264,15 @@ def _corrupt(path: Path, how: str):
         path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("name, rel, how", [
-    ("mnist", "MNIST/raw/train-labels-idx1-ubyte", "truncate"),
-    ("mnist", "MNIST/raw/t10k-images-idx3-ubyte", "flip"),
-    ("frey_face", "FreyFace/frey_rawface.mat", "truncate"),
-    ("frey_face", "FreyFace/frey_rawface.mat", "flip"),
-])
+@pytest.mark.parametrize(
+    "name, rel, how",
+    [
+        ("mnist", "MNIST/raw/train-labels-idx1-ubyte", "truncate"),
+        ("mnist", "MNIST/raw/t10k-images-idx3-ubyte", "flip"),
+        ("frey_face", "FreyFace/frey_rawface.mat", "truncate"),
+        ("frey_face", "FreyFace/frey_rawface.mat", "flip"),
+    ],
+)
 @pytest.mark.parametrize("download", [False, True])
 def test_corrupt_file_is_reported(tmp_path, pristine, name, rel, how, download):
     """A truncated file or one with a single flipped bit (which the idx/.mat parsers would read
@@ -447,14 +472,21 @@ def test_dynamic_binarisation_keeps_grey_train_and_fixed_binary_eval(shared_data
     assert _is_binary(batch)
 
 
-@pytest.mark.parametrize("binarize, split, kwargs_a, kwargs_b", [
-    ("static", "x_test",
-     dict(train_subset=100, test_subset=50), dict(train_subset=200, test_subset=50)),
-    ("dynamic", "x_train_eval",
-     dict(train_subset=100, test_subset=50), dict(train_subset=100, test_subset=60)),
-])
+@pytest.mark.parametrize(
+    "binarize, split, kwargs_a, kwargs_b",
+    [
+        ("static", "x_test", dict(train_subset=100, test_subset=50), dict(train_subset=200, test_subset=50)),
+        (
+            "dynamic",
+            "x_train_eval",
+            dict(train_subset=100, test_subset=50),
+            dict(train_subset=100, test_subset=60),
+        ),
+    ],
+)
 def test_fixed_binarisation_of_a_split_does_not_depend_on_the_other_subset(
-        shared_data, binarize, split, kwargs_a, kwargs_b):
+    shared_data, binarize, split, kwargs_a, kwargs_b
+):
     """A fixed binarisation of one split (the static test set; the dynamic run's train-eval set)
     must not change when only the *other* split's subset size changes: otherwise test ELBOs of a
     quick run (train_subset) and a full run are computed on different binary test sets."""
@@ -508,11 +540,13 @@ def test_expected_files_match_shared_md5sums(shared_data):
     for line in (shared_data / "MD5SUMS").read_text().splitlines():
         md5, rel = line.split()
         sums[rel] = md5
-    for name, files in EXPECTED_FILES.items():
+    for files in EXPECTED_FILES.values():
         for rel, md5 in files.items():
             assert sums[rel] == md5, rel
-    assert data_module.md5sum(shared_data / "FreyFace/frey_rawface.mat") == \
-        EXPECTED_FILES["frey_face"]["FreyFace/frey_rawface.mat"]
+    assert (
+        data_module.md5sum(shared_data / "FreyFace/frey_rawface.mat")
+        == EXPECTED_FILES["frey_face"]["FreyFace/frey_rawface.mat"]
+    )
 
 
 def test_load_config_data_takes_dataset_binarisation_and_subsets_from_the_config(shared_data):
@@ -527,3 +561,73 @@ def test_load_config_data_takes_dataset_binarisation_and_subsets_from_the_config
     assert got.x_train.shape == (120, 784) and got.x_test.shape == (30, 784)
     for field in ("x_train", "y_train", "x_test", "y_test", "x_train_eval"):
         assert torch.equal(getattr(got, field), getattr(want, field)), field
+
+
+# ----------------------------------------------------------------------------- test split only
+
+
+@pytest.mark.parametrize(
+    "name, binarize",
+    [
+        ("mnist", "none"),
+        ("mnist", "dynamic"),
+        ("mnist", "static"),
+        ("frey_face", "none"),
+        ("frey_face", "dynamic"),
+        ("frey_face", "static"),
+    ],
+)
+def test_test_only_load_gives_the_same_test_images_as_a_full_load(shared_data, name, binarize):
+    """train=False (what notebooks 03-05 load): exactly the test images and labels of a full load,
+    the same binarisation draws included (each split has its own seeded stream), and for Frey Face
+    the same faces (its split is a fixed shuffle of all 1965); no training split in memory."""
+    full = load_dataset(name, shared_data, binarize=binarize)
+    only = load_dataset(name, shared_data, binarize=binarize, train=False)
+    assert torch.equal(only.x_test, full.x_test)
+    assert (only.y_test is None and full.y_test is None) or torch.equal(only.y_test, full.y_test)
+    assert only.x_train is None and only.y_train is None and only.x_train_eval is None
+    assert (only.name, only.image_shape, only.classes, only.binarize, only.dim) == (
+        full.name,
+        full.image_shape,
+        full.classes,
+        full.binarize,
+        full.dim,
+    )
+    sub = load_dataset(name, shared_data, binarize=binarize, train=False, train_subset=7, test_subset=50)
+    assert torch.equal(sub.x_test, full.x_test[:50])
+
+
+def test_test_only_load_does_not_read_the_training_split(shared_data, monkeypatch):
+    """MNIST's training images are never read (that is where the memory goes): torchvision's class
+    is only constructed for the test split."""
+    real = data_module._torchvision_class("mnist")
+    constructed = []
+
+    def recording(root, train=True, **kwargs):
+        constructed.append(train)
+        return real(root, train=train, **kwargs)
+
+    monkeypatch.setattr(data_module, "_torchvision_class", lambda name: recording)
+    d = load_dataset("mnist", shared_data, train=False, test_subset=20)
+    assert constructed == [False]
+    assert d.x_test.shape == (20, 784) and d.y_test.shape == (20,) and d.x_train is None
+
+
+def test_load_test_data_loads_only_each_configs_test_split(shared_data):
+    """plotting.load_test_data (notebooks 03-05): the config's test split (dataset, binarisation,
+    test subset) without training data; runs that share a test set share one load."""
+    from vae_utils.config import TrainConfig
+    from vae_utils.data import load_config_data
+    from vae_utils.plotting import load_test_data
+
+    a = TrainConfig(data_dir=str(shared_data), binarize="static", train_subset=100, test_subset=30)
+    b = TrainConfig(
+        data_dir=str(shared_data), binarize="static", train_subset=200, test_subset=30, latent_dim=5
+    )
+    c = TrainConfig(dataset="frey_face", decoder="gaussian", data_dir=str(shared_data))
+    got_a, got_b, got_c = load_test_data([a, b, c])
+    assert got_a is got_b  # the train subset does not matter for the test split
+    assert torch.equal(got_a.x_test, load_config_data(a).x_test) and got_a.x_train is None
+    assert got_c.x_test.shape == (FREY_TEST_SIZE, 560) and got_c.x_train is None
+    full = load_config_data(a, train=True)
+    assert full.x_train.shape == (100, 784)  # train=True (the default) is the training data

@@ -1,6 +1,7 @@
 """Value tests of vae_utils.linear_gaussian: exact quantities against brute force and Bayes' rule,
 the identity log p(x) = KL(q || p(z|x)) + ELBO (eq. 1), and the Monte-Carlo estimators against
 their closed forms."""
+
 import math
 
 import pandas as pd
@@ -32,8 +33,9 @@ def random_diagonal_q(n: int, k: int, g: torch.Generator):
 
 def grid_1d():
     """A 1-D model and a fine grid over z for brute-force integrals."""
-    model = lg.LinearGaussian(torch.tensor([[1.5], [-0.8]], dtype=F64),
-                              torch.tensor([0.3, -0.2], dtype=F64), noise_std=0.6)
+    model = lg.LinearGaussian(
+        torch.tensor([[1.5], [-0.8]], dtype=F64), torch.tensor([0.3, -0.2], dtype=F64), noise_std=0.6
+    )
     x = torch.tensor([1.1, -0.9], dtype=F64)
     z = torch.linspace(-12, 12, 40_001, dtype=F64)
     return model, x, z
@@ -56,8 +58,7 @@ def test_posterior_is_bayes_rule_2d(model_and_x):
     """p(z|x) p(x) = p(x|z) p(z) at arbitrary z."""
     model, x = model_and_x
     z = torch.randn(50, 2, generator=gen(1), dtype=F64)
-    torch.testing.assert_close(model.posterior(x).log_prob(z) + model.log_marginal(x),
-                               model.log_joint(x, z))
+    torch.testing.assert_close(model.posterior(x).log_prob(z) + model.log_marginal(x), model.log_joint(x, z))
 
 
 def test_batched_x_matches_rows(model_and_x):
@@ -75,8 +76,10 @@ def test_identity_log_px_equals_kl_plus_elbo(model_and_x):
     g = gen(3)
     mu, logvar = random_diagonal_q(20, 2, g)
     a = torch.randn(20, 2, 2, generator=g, dtype=F64)
-    qs = [lg.diagonal_gaussian(mu, logvar),
-          torch.distributions.MultivariateNormal(mu, a @ a.mT + 0.1 * torch.eye(2, dtype=F64))]
+    qs = [
+        lg.diagonal_gaussian(mu, logvar),
+        torch.distributions.MultivariateNormal(mu, a @ a.mT + 0.1 * torch.eye(2, dtype=F64)),
+    ]
     for q in qs:
         gap = model.log_marginal(x) - model.elbo(x, q)
         torch.testing.assert_close(gap, model.kl_to_posterior(x, q), atol=1e-10, rtol=1e-10)
@@ -96,8 +99,9 @@ def test_gap_closes_at_true_posterior(model_and_x):
 def test_mean_field_posterior_maximises_elbo_over_diagonal_q(model_and_x):
     model, x = model_and_x
     mu, logvar = model.mean_field_posterior(x)
-    torch.testing.assert_close(lg.exact_elbo_gradient(model, x, mu, logvar),
-                               torch.zeros(4, dtype=F64), atol=1e-10, rtol=0)
+    torch.testing.assert_close(
+        lg.exact_elbo_gradient(model, x, mu, logvar), torch.zeros(4, dtype=F64), atol=1e-10, rtol=0
+    )
     best = model.elbo(x, lg.diagonal_gaussian(mu, logvar))
     others = model.elbo(x, lg.diagonal_gaussian(*random_diagonal_q(50, 2, gen(5))))
     assert (others < best).all() and best < model.log_marginal(x)
@@ -107,8 +111,10 @@ def test_closed_form_kl_matches_torch_distributions():
     """App. B's -KL = 1/2 sum(1 + log sigma^2 - mu^2 - sigma^2) and torch's KL of a diagonal MVN."""
     mu, logvar = random_diagonal_q(10, 3, gen(6))
     prior = torch.distributions.MultivariateNormal(torch.zeros(3, dtype=F64), torch.eye(3, dtype=F64))
-    torch.testing.assert_close(kl_standard_normal(mu, logvar).sum(-1),
-                               torch.distributions.kl_divergence(lg.diagonal_gaussian(mu, logvar), prior))
+    torch.testing.assert_close(
+        kl_standard_normal(mu, logvar).sum(-1),
+        torch.distributions.kl_divergence(lg.diagonal_gaussian(mu, logvar), prior),
+    )
 
 
 def test_monte_carlo_kl_is_unbiased():
@@ -153,9 +159,9 @@ def test_reparameterisation_variance_sigma_squared_and_typo_sigma_fourth():
     logvar = 2 * sigma.log()
     right = reparameterize(mu, logvar, 100_000, gen(11))
     typo = lg.reparameterize_typo(mu, logvar, 100_000, gen(11))
-    torch.testing.assert_close(right.var(0), sigma ** 2, rtol=0.02, atol=0)
-    torch.testing.assert_close(typo.var(0), sigma ** 4, rtol=0.02, atol=0)
-    torch.testing.assert_close((typo - mu) / sigma ** 2, (right - mu) / sigma)  # the same eps
+    torch.testing.assert_close(right.var(0), sigma**2, rtol=0.02, atol=0)
+    torch.testing.assert_close(typo.var(0), sigma**4, rtol=0.02, atol=0)
+    torch.testing.assert_close((typo - mu) / sigma**2, (right - mu) / sigma)  # the same eps
 
 
 def test_typo_elbo_can_exceed_log_px(model_and_x):
@@ -173,8 +179,9 @@ def test_gradient_estimators_agree_in_mean_and_differ_in_variance(model_and_x):
     exact = lg.exact_elbo_gradient(model, x, mu, logvar)
     variances = {}
     for i, estimator in enumerate(lg.GRADIENT_ESTIMATORS):
-        grads = lg.elbo_gradients(model, x, mu, logvar, estimator, n_samples=10, n_repeats=4000,
-                                  generator=gen(13 + i))
+        grads = lg.elbo_gradients(
+            model, x, mu, logvar, estimator, n_samples=10, n_repeats=4000, generator=gen(13 + i)
+        )
         assert grads.shape == (4000, 4)
         se = grads.std(0) / math.sqrt(len(grads))
         assert ((grads.mean(0) - exact).abs() < 5 * se + 1e-12).all(), estimator

@@ -1,6 +1,7 @@
 """loss.py against independent references: torch.distributions for every log density and KL,
 Monte-Carlo averages for the estimators, and small hand-built models for the importance-weighted
 bound and the posterior statistics. Everything here runs on small tensors built in the test."""
+
 import math
 
 import pytest
@@ -8,10 +9,20 @@ import torch
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
 import vae_utils.loss as loss
-import vae_utils.training
-from vae_utils.loss import (ELBO, bernoulli_log_likelihood, elbo, evaluate, gaussian_log_density,
-                            importance_weighted_log_likelihood, kl_standard_normal, log_weights,
-                            posterior_statistics, reparameterize, standard_normal_log_density)
+import vae_utils.progress
+from vae_utils.loss import (
+    ELBO,
+    bernoulli_log_likelihood,
+    elbo,
+    evaluate,
+    gaussian_log_density,
+    importance_weighted_log_likelihood,
+    kl_standard_normal,
+    log_weights,
+    posterior_statistics,
+    reparameterize,
+    standard_normal_log_density,
+)
 from vae_utils.model import VAE
 
 LOGITS = [-200.0, -50.0, -20.0, -5.0, -1.0, 0.0, 0.5, 3.0, 20.0, 50.0, 200.0]
@@ -51,8 +62,7 @@ def test_kl_matches_monte_carlo_estimate():
     dimension (log densities from torch.distributions), within 5 Monte-Carlo standard errors."""
     mu, logvar = _posterior_params()
     q = Normal(mu, torch.exp(0.5 * logvar))
-    z = mu + torch.exp(0.5 * logvar) * torch.randn(200_000, *mu.shape, generator=_gen(1),
-                                                   dtype=torch.float64)
+    z = mu + torch.exp(0.5 * logvar) * torch.randn(200_000, *mu.shape, generator=_gen(1), dtype=torch.float64)
     terms = q.log_prob(z) - Normal(0.0, 1.0).log_prob(z)
     mc, se = terms.mean(0), terms.std(0) / math.sqrt(len(terms))
     err = (kl_standard_normal(mu, logvar) - mc).abs()
@@ -75,15 +85,17 @@ def test_gaussian_log_density_matches_torch_distributions():
     assert ours.shape == (5, 4)
     torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-9)
     # the constant is there: log N(0; 0, 1) = -1/2 log 2 pi per dimension
-    assert gaussian_log_density(torch.zeros(3), torch.zeros(3), torch.zeros(3)).item() == \
-        pytest.approx(-1.5 * math.log(2 * math.pi))
+    assert gaussian_log_density(torch.zeros(3), torch.zeros(3), torch.zeros(3)).item() == pytest.approx(
+        -1.5 * math.log(2 * math.pi)
+    )
 
 
 def test_standard_normal_log_density_matches_torch_distributions():
     """log p(z) under the prior N(0, I), summed over the latent dimensions."""
     z = torch.randn(7, 3, generator=_gen(3), dtype=torch.float64) * 3
-    torch.testing.assert_close(standard_normal_log_density(z),
-                               Normal(0.0, 1.0).log_prob(z).sum(-1), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        standard_normal_log_density(z), Normal(0.0, 1.0).log_prob(z).sum(-1), rtol=1e-12, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -126,8 +138,7 @@ def test_bernoulli_gradient_gradcheck_float64():
     logits = (torch.randn(2, 3, 4, generator=g, dtype=torch.float64) * 10).clamp(-30, 30)
     logits[0, 0, :2] = torch.tensor([30.0, -30.0], dtype=torch.float64)
     x = torch.rand(3, 4, generator=g, dtype=torch.float64)
-    assert torch.autograd.gradcheck(bernoulli_log_likelihood,
-                                    (logits.requires_grad_(), x.requires_grad_()))
+    assert torch.autograd.gradcheck(bernoulli_log_likelihood, (logits.requires_grad_(), x.requires_grad_()))
 
 
 @pytest.mark.parametrize("value", [0.0, 1.0, 0.3])
@@ -297,8 +308,9 @@ def iw_setup():
         model.decoder.net[2].weight.mul_(3)
         model.encoder.net[2].bias[2:] = -1.5
     x = torch.bernoulli(torch.full((300, 20), 0.3, dtype=torch.float64), generator=_gen(19))
-    estimates = {k: importance_weighted_log_likelihood(model, x, k=k, seed=1, progress=False)
-                 for k in (1, 10, 100)}
+    estimates = {
+        k: importance_weighted_log_likelihood(model, x, k=k, seed=1, progress=False) for k in (1, 10, 100)
+    }
     return model, x, estimates
 
 
@@ -307,7 +319,7 @@ def test_iwae_rises_with_k_and_bounds_elbo(iw_setup):
     by more than 3 standard errors of the paired differences, and the k = 100 estimate is above
     the ELBO (estimator B, L = 100). Each estimate is (N,) float64."""
     model, x, est = iw_setup
-    for k, v in est.items():
+    for v in est.values():
         assert v.shape == (300,) and v.dtype == torch.float64 and torch.isfinite(v).all()
     for lo, hi in ((1, 10), (10, 100)):
         d = est[hi] - est[lo]
@@ -358,8 +370,9 @@ def test_iwae_chunking_combines_exactly(monkeypatch, max_elements):
     got = importance_weighted_log_likelihood(None, x, k=k, max_elements=max_elements, progress=False)
     assert all(v == k for v in drawn.values())  # every datapoint got exactly k samples
     j = torch.arange(k, dtype=torch.float64)
-    expected = torch.stack([torch.logsumexp(3 * torch.sin(7.0 * i + j) - 2.0 * i, 0) - math.log(k)
-                            for i in range(n)])
+    expected = torch.stack(
+        [torch.logsumexp(3 * torch.sin(7.0 * i + j) - 2.0 * i, 0) - math.log(k) for i in range(n)]
+    )
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
     assert max(b * c * d for b, c in calls) <= max(max_elements, k * d)
     if max_elements == 40:
@@ -374,10 +387,10 @@ def test_iwae_chunked_and_unchunked_agree_within_monte_carlo_error(iw_setup):
     4 standard errors), and the same seed and chunking reproduces them exactly."""
     model, x, est = iw_setup
     x = x[:100]
-    chunked = importance_weighted_log_likelihood(model, x, k=100, seed=1, max_elements=600,
-                                                 progress=False)
-    assert torch.equal(chunked, importance_weighted_log_likelihood(
-        model, x, k=100, seed=1, max_elements=600, progress=False))
+    chunked = importance_weighted_log_likelihood(model, x, k=100, seed=1, max_elements=600, progress=False)
+    assert torch.equal(
+        chunked, importance_weighted_log_likelihood(model, x, k=100, seed=1, max_elements=600, progress=False)
+    )
     d = chunked - est[100][:100]
     assert abs(d.mean().item()) < 4 * d.std().item() / math.sqrt(len(d)) + 1e-12
     assert d.abs().max() < 3.0
@@ -386,7 +399,7 @@ def test_iwae_chunked_and_unchunked_agree_within_monte_carlo_error(iw_setup):
 def test_iwae_progress_is_printed_when_not_interactive(iw_setup, capsys, monkeypatch):
     """With progress=True and no terminal (as under papermill/nbval/pytest), plain progress lines
     are printed so that a long k=5000 evaluation is visibly alive; progress=False prints nothing."""
-    monkeypatch.setattr(vae_utils.training, "interactive", lambda: False)
+    monkeypatch.setattr(vae_utils.progress, "interactive", lambda: False)
     model, x, _ = iw_setup
     importance_weighted_log_likelihood(model, x[:20], k=5, max_elements=5 * 20 * 4, progress=True)
     out = capsys.readouterr().out
@@ -404,8 +417,11 @@ def test_log_weights_definition(iw_setup):
     mu, logvar = model.encode(x[:6])
     z = reparameterize(mu, logvar, 4, _gen(21))
     q = Normal(mu, torch.exp(0.5 * logvar))
-    ref = (Bernoulli(logits=model.decoder(z), validate_args=False).log_prob(x[:6]).sum(-1)
-           + Normal(0.0, 1.0).log_prob(z).sum(-1) - q.log_prob(z).sum(-1))
+    ref = (
+        Bernoulli(logits=model.decoder(z), validate_args=False).log_prob(x[:6]).sum(-1)
+        + Normal(0.0, 1.0).log_prob(z).sum(-1)
+        - q.log_prob(z).sum(-1)
+    )
     torch.testing.assert_close(w, ref.detach())
 
 

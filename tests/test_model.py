@@ -1,5 +1,6 @@
 """The VAE of model.py: shapes, the Gaussian decoder's smooth log-variance floor, the paper's
 initialisation, and decode() (the mean) against sample_x() (a draw)."""
+
 import math
 
 import pytest
@@ -124,8 +125,15 @@ def test_paper_init_helper_and_from_config():
     paper_init_(enc, std=0.5)
     w = torch.cat([p.detach().flatten() for p in enc.parameters()])
     assert w.std().item() == pytest.approx(0.5, rel=0.05)
-    c = TrainConfig(decoder="gaussian", hidden_dim=9, latent_dim=4, activation="relu",
-                    init="paper", min_logvar=-3.0, sigmoid_mean=True)
+    c = TrainConfig(
+        decoder="gaussian",
+        hidden_dim=9,
+        latent_dim=4,
+        activation="relu",
+        init="paper",
+        min_logvar=-3.0,
+        sigmoid_mean=True,
+    )
     m = VAE.from_config(c, 20)
     assert isinstance(m.decoder, GaussianDecoder)
     assert (m.decoder.min_logvar, m.decoder.sigmoid_mean) == (-3.0, True)
@@ -191,5 +199,42 @@ def test_sample_prior_is_standard_normal_and_seeded():
     z = model.sample_prior(50_000, torch.Generator().manual_seed(0))
     torch.testing.assert_close(z.mean(0), torch.zeros(Z), atol=0.03, rtol=0)
     torch.testing.assert_close(z.var(0), torch.ones(Z), atol=0.03, rtol=0)
-    torch.testing.assert_close(model.sample_prior(3, torch.Generator().manual_seed(5)),
-                               model.sample_prior(3, torch.Generator().manual_seed(5)))
+    torch.testing.assert_close(
+        model.sample_prior(3, torch.Generator().manual_seed(5)),
+        model.sample_prior(3, torch.Generator().manual_seed(5)),
+    )
+
+
+# ----------------------------------------------------------------------------- depth and decoders
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_hidden_layers_sets_the_depth_of_both_networks(layers):
+    """hidden_layers deterministic tanh layers of hidden_dim units in the encoder and in the decoder
+    (Burda et al.'s VAE: 2 x 200), and the parameter count that follows."""
+    model = VAE.from_config(TrainConfig(hidden_dim=20, latent_dim=3, hidden_layers=layers), 10)
+    for net in (model.encoder.net, model.decoder.net):
+        linear = [m for m in net if isinstance(m, torch.nn.Linear)]
+        tanh = [m for m in net if isinstance(m, torch.nn.Tanh)]
+        assert len(linear) == layers + 1 and len(tanh) == layers
+        assert all(m.out_features == 20 for m in linear[:-1])
+    hidden = (layers - 1) * (20 * 20 + 20)
+    expected = (10 * 20 + 20 + hidden + 20 * 6 + 6) + (3 * 20 + 20 + hidden + 20 * 10 + 10)
+    assert sum(p.numel() for p in model.parameters()) == expected
+    assert model.encode(torch.rand(4, 10))[0].shape == (4, 3)
+
+
+def test_gaussian_decoder_bound_uses_an_exact_softplus():
+    """The bounded log-variance m + softplus(a - m) is computed with loss.softplus, which equals
+    torch's softplus (and its gradient, sigmoid) to float32 rounding, for large |a| too."""
+    from vae_utils.loss import softplus
+
+    a = torch.cat([torch.linspace(-60, 60, 241), torch.tensor([0.0, 1e-6, -1e-6])]).requires_grad_()
+    ours = softplus(a)
+    theirs = torch.nn.functional.softplus(a)
+    assert torch.allclose(ours, theirs, atol=1e-6, rtol=1e-6)
+    (grad,) = torch.autograd.grad(ours.sum(), a)
+    assert torch.allclose(grad, torch.sigmoid(a), atol=1e-7)
+    decoder = GaussianDecoder(2, 8, 5, min_logvar=-6.0)
+    _, logvar = decoder(torch.randn(100, 2) * 50)
+    assert (logvar > -6.0).all()

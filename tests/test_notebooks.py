@@ -1,16 +1,21 @@
 """The notebooks' contract with papermill and nbval.
 
-- ``tests/notebooks/`` holds nbval's references, which ``pytest --nbval`` re-executes and compares;
-  a reference is stale when its code cells differ from its notebook's in ``notebooks/``.
+- ``tests/notebooks/`` (MNIST) and ``tests/notebooks/frey/`` (Frey Face, Gaussian decoder) hold
+  nbval's reference sets (``study.CI_REFERENCE_SETS``), which ``pytest --nbval`` re-executes and
+  compares; a reference is stale when its code cells differ from its notebook's in ``notebooks/``
+  or it ran with other parameters than its set's.
 - Every notebook has one ``parameters`` cell, the ``python3`` kernelspec and no stored outputs.
 - Bad parameters fail through papermill at the validation cell (the code cell after ``parameters``) with
   the package's message, and an existing run is never touched.
 
 Each papermill call starts a kernel (a few seconds); only fast-failing runs are made here.
 """
+
 from __future__ import annotations
 
+import configparser
 import os
+import re
 from pathlib import Path
 
 import nbformat
@@ -18,10 +23,15 @@ import papermill
 import pytest
 
 from vae_utils import study
-from vae_utils.training import RUN_FILES
+from vae_utils.runfiles import RUN_FILES
 
-NOTEBOOKS = study.NOTEBOOKS
+NOTEBOOKS = study.ALL_NOTEBOOKS
 REGENERATE = f"regenerate the references with `{study.REFERENCES_COMMAND}`"
+SETS = study.CI_REFERENCE_SETS
+#: (set, notebook) for every reference of every set.
+REFERENCES = [
+    (s, nb) for s, reference_set in SETS.items() for nb in NOTEBOOKS if nb in reference_set["parameters"]
+]
 
 
 def source_path(name: str) -> Path:
@@ -52,11 +62,62 @@ def validation_index(nb) -> int:
 
 # ----------------------------------------------------------------------------- the notebooks
 
+
 def test_the_notebook_set_and_the_reference_set_match():
     notebooks = sorted(p.stem for p in study.NOTEBOOKS_DIR.glob("*.ipynb"))
-    references = sorted(p.stem for p in study.REFERENCES_DIR.glob("*.ipynb"))
-    assert notebooks == list(NOTEBOOKS), f"notebooks/ holds {notebooks}, the study runs {NOTEBOOKS}"
-    assert references == list(NOTEBOOKS), f"tests/notebooks/ holds {references}: {REGENERATE}"
+    assert notebooks == list(NOTEBOOKS), f"notebooks/ holds {notebooks}, the project has {NOTEBOOKS}"
+    assert list(SETS["mnist"]["parameters"]) == list(study.NOTEBOOKS)
+    covered = {nb for reference_set in SETS.values() for nb in reference_set["parameters"]}
+    assert covered == set(NOTEBOOKS), f"no reference set runs {sorted(set(NOTEBOOKS) - covered)}"
+    for name, reference_set in SETS.items():
+        folder = Path(reference_set["folder"])
+        references = sorted(p.stem for p in folder.glob("*.ipynb"))
+        wanted = [nb for nb in NOTEBOOKS if nb in reference_set["parameters"]]
+        assert references == wanted, (
+            f"{folder.relative_to(study.PROJECT_ROOT)} holds {references}, set {name!r} runs {wanted}: "
+            f"{REGENERATE}"
+        )
+
+
+@pytest.mark.parametrize("name", [s for s in SETS if "run_dir" in SETS[s]])
+def test_reference_set_is_consistent(name):
+    """Each set trains its own run in 02_train and analyses that run in 03-05; nbval runs a folder's
+    notebooks in file order (02 before 03), in the folder's own kernel working directory; and
+    every folder is under pytest's testpaths (``tests``), where ``pytest`` collects it."""
+    reference_set = SETS[name]
+    parameters, run_dir = reference_set["parameters"], reference_set["run_dir"]
+    folder = Path(reference_set["folder"]).resolve()
+    assert set(parameters) <= set(NOTEBOOKS), sorted(set(parameters) - set(NOTEBOOKS))
+    assert folder.is_relative_to(study.PROJECT_ROOT / "tests"), folder
+    assert parameters["02_train"]["run_dir"] == run_dir and parameters["02_train"]["overwrite"] is True
+    for nb in ("03_loss_curves", "04_reconstruction", "05_latent_manifold"):
+        assert parameters[nb]["run_dir"] == run_dir, f"{name}: {nb} reads {parameters[nb]['run_dir']}"
+    assert sorted(f"{nb}.ipynb" for nb in parameters) == [
+        f"{nb}.ipynb" for nb in NOTEBOOKS if nb in parameters
+    ]
+    others = [s for s in SETS if s != name]
+    assert all(SETS[s].get("run_dir") != run_dir for s in others), "two sets share a run directory"
+    assert all(Path(SETS[s]["folder"]).resolve() != folder for s in others), "two sets share a folder"
+
+
+def _sanitize(text: str) -> str:
+    """tests/nbval_sanitize.cfg's replacements, in its order, as nbval applies them."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(study.PROJECT_ROOT / "tests" / "nbval_sanitize.cfg")
+    for section in parser.sections():
+        text = re.sub(parser[section]["regex"], parser[section]["replace"], text)
+    return text
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_sanitizer_hides_where_the_repository_lives(name):
+    # A fresh clone elsewhere prints other absolute paths for the run and the reference folder.
+    run = SETS[name].get("run_dir") or study.reference_runs(name)[0].run_dir
+    for root in (str(study.PROJECT_ROOT), "/somewhere/else/vae"):
+        folder = Path(SETS[name]["folder"]).relative_to(study.PROJECT_ROOT)
+        printed = f"saved to '{root}/{run}' from {root}/{folder}"
+        assert _sanitize(printed) == _sanitize(printed.replace(root, "/elsewhere/clone"))
+        assert root not in _sanitize(printed)
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -66,32 +127,45 @@ def test_notebook_is_clean(name):
     assert len(parameter_cells) == 1, f"{name}: {len(parameter_cells)} cells tagged 'parameters', want 1"
     assert parameter_cells[0].cell_type == "code"
     assert nb.metadata.get("kernelspec", {}).get("name") == "python3", f"{name}: kernelspec must be python3"
-    stored = [i for i, c in enumerate(nb.cells)
-              if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
+    stored = [
+        i
+        for i, c in enumerate(nb.cells)
+        if c.cell_type == "code" and (c.outputs or c.execution_count is not None)
+    ]
     assert not stored, f"{name}: cells {stored} store outputs or execution counts; clear them"
     assert not any("injected-parameters" in tags(c) for c in nb.cells), f"{name}: an executed copy?"
-    assert (study.REFERENCES_DIR / f"{name}.ipynb").is_file(), f"{name} has no reference: {REGENERATE}"
+    folders = [Path(s["folder"]) for s in SETS.values() if name in s["parameters"]]
+    assert any((f / f"{name}.ipynb").is_file() for f in folders), f"{name} has no reference: {REGENERATE}"
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
-def test_reference_is_current(name):
+@pytest.mark.parametrize("set_name, name", REFERENCES, ids=[f"{s}-{nb}" for s, nb in REFERENCES])
+def test_reference_is_current(set_name, name):
     source = read(source_path(name))
-    reference_path = study.REFERENCES_DIR / f"{name}.ipynb"
-    assert reference_path.is_file(), f"{reference_path} is missing: {REGENERATE}"
+    reference_path = Path(SETS[set_name]["folder"]) / f"{name}.ipynb"
+    shown = reference_path.relative_to(study.PROJECT_ROOT)
+    assert reference_path.is_file(), f"{shown} is missing: {REGENERATE}"
     reference = read(reference_path)
     ours, theirs = code_sources(source), code_sources(reference)
     if ours != theirs:
-        first = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
-        pytest.fail(f"tests/notebooks/{name}.ipynb is stale: its code cells differ from "
-                    f"notebooks/{name}.ipynb from code cell {first} on ({len(ours)} code cells "
-                    f"now, {len(theirs)} in the reference); {REGENERATE}")
+        # strict=False: the two lists may differ in length; the first difference is what matters
+        pairs = enumerate(zip(ours, theirs, strict=False))
+        first = next((i for i, (a, b) in pairs if a != b), min(len(ours), len(theirs)))
+        pytest.fail(
+            f"{shown} is stale: its code cells differ from "
+            f"notebooks/{name}.ipynb from code cell {first} on ({len(ours)} code cells "
+            f"now, {len(theirs)} in the reference); {REGENERATE}"
+        )
     injected = reference.metadata.get("papermill", {}).get("parameters")
-    assert injected == study.CI_PARAMETERS[name], (
-        f"tests/notebooks/{name}.ipynb ran with {injected}, the CI configuration is "
-        f"{study.CI_PARAMETERS[name]}: {REGENERATE}")
+    wanted = study.reference_parameters(set_name)[name]
+    assert injected == wanted, (
+        f"{shown} ran with {injected}, the CI configuration of set {set_name!r} is {wanted}: {REGENERATE}"
+    )
     unrun = [i for i, c in enumerate(reference.cells) if c.cell_type == "code" and c.execution_count is None]
-    errors = [i for i, c in enumerate(reference.cells) if c.cell_type == "code"
-              and any(o.output_type == "error" for o in c.outputs)]
+    errors = [
+        i
+        for i, c in enumerate(reference.cells)
+        if c.cell_type == "code" and any(o.output_type == "error" for o in c.outputs)
+    ]
     assert not unrun and not errors, f"{name}: reference cells {unrun} unrun, {errors} failed: {REGENERATE}"
 
 
@@ -100,17 +174,24 @@ def test_references_and_nbval_use_the_same_thread_count():
     # have been made with the same one, or their floats may differ in the last digits.
     assert os.environ.get("OMP_NUM_THREADS") == str(study.CI_THREADS), (
         f"tests/conftest.py sets OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
-        f"vae_utils.study.CI_THREADS is {study.CI_THREADS}: make them equal and {REGENERATE}")
+        f"vae_utils.study.CI_THREADS is {study.CI_THREADS}: make them equal and {REGENERATE}"
+    )
 
 
 # ----------------------------------------------------------------------------- bad parameters
 
+
 def execute(name: str, parameters: dict, tmp_path: Path):
     """Run notebooks/<name>.ipynb through papermill as a user would; return the error it raises."""
     with pytest.raises(papermill.PapermillExecutionError) as failure:
-        papermill.execute_notebook(str(source_path(name)), str(tmp_path / f"{name}.ipynb"),
-                                   parameters=parameters, cwd=str(study.NOTEBOOKS_DIR),
-                                   progress_bar=False, kernel_name="python3")
+        papermill.execute_notebook(
+            str(source_path(name)),
+            str(tmp_path / f"{name}.ipynb"),
+            parameters=parameters,
+            cwd=str(study.NOTEBOOKS_DIR),
+            progress_bar=False,
+            kernel_name="python3",
+        )
     return failure.value
 
 
@@ -124,8 +205,11 @@ BAD_PARAMETERS = [
 ]
 
 
-@pytest.mark.parametrize("name, parameters, ename, message", BAD_PARAMETERS,
-                         ids=[f"{n}-{next(iter(p))}={next(iter(p.values()))}" for n, p, _, _ in BAD_PARAMETERS])
+@pytest.mark.parametrize(
+    "name, parameters, ename, message",
+    BAD_PARAMETERS,
+    ids=[f"{n}-{next(iter(p))}={next(iter(p.values()))}" for n, p, _, _ in BAD_PARAMETERS],
+)
 def test_bad_parameter_fails_at_the_validation_cell(name, parameters, ename, message, tmp_path):
     error = execute(name, parameters, tmp_path)
     assert (error.ename, message in error.evalue) == (ename, True), f"{error.ename}: {error.evalue}"
@@ -133,7 +217,8 @@ def test_bad_parameter_fails_at_the_validation_cell(name, parameters, ename, mes
     validation = validation_index(source)  # in the source; papermill inserts its cell before it
     assert error.cell_index == validation + 1, (
         f"{name} failed at cell {error.cell_index} of the executed notebook, not at its validation "
-        f"cell {validation + 1} (the code cell after 'parameters'): {error.ename}: {error.evalue}")
+        f"cell {validation + 1} (the code cell after 'parameters'): {error.ename}: {error.evalue}"
+    )
     assert error.source == source.cells[validation].source
     assert not study.PROJECT_ROOT.joinpath(MISSING_RUN).exists()
 
@@ -145,10 +230,32 @@ def test_an_existing_run_is_left_untouched(tmp_path, shared_data):
         (run / f).write_bytes(f"earlier run: {f}".encode())
         os.utime(run / f, ns=(1_000_000_000, 1_000_000_000))  # an old mtime that a rewrite would change
     before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir()}
-    error = execute("02_train", {"run_dir": str(run), "epochs": 1, "train_subset": 200,
-                                 "test_subset": 100, "device": "cpu", "data_dir": str(shared_data)},
-                    tmp_path)
+    error = execute(
+        "02_train",
+        {
+            "run_dir": str(run),
+            "epochs": 1,
+            "train_subset": 200,
+            "test_subset": 100,
+            "device": "cpu",
+            "data_dir": str(shared_data),
+        },
+        tmp_path,
+    )
     assert error.ename == "FileExistsError", f"{error.ename}: {error.evalue}"
     assert "never overwritten" in error.evalue and "resume" in error.evalue
     after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir()}
     assert after == before
+
+
+@pytest.mark.parametrize("name", [s for s in SETS if SETS[s].get("runs")])
+def test_multi_run_sets_name_distinct_tiny_runs(name):
+    """06 and 07's references analyse runs trained before them (tests/notebooks/conftest.py): tiny,
+    on the CPU, each in its own directory under runs/nbval_<set>/."""
+    configs = study.reference_runs(name)
+    assert len({c.run_dir for c in configs}) == len(configs) >= 4
+    assert all(c.run_dir.startswith(f"runs/nbval_{name}/") and c.device == "cpu" for c in configs)
+    assert all(c.train_subset == 500 and c.test_subset == 100 for c in configs)
+    parameters = study.reference_parameters(name)
+    (notebook,) = parameters
+    assert parameters[notebook]["run_dirs"] == [c.run_dir for c in configs]

@@ -1,18 +1,19 @@
 """Value tests for the computations behind the notebooks' figures (vae_utils.plotting), and a
 warning-free smoke test of every plotting function (a warning would break the nbval references)."""
+
 import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+import pytest
+import torch
 
-from vae_utils import plotting  # noqa: E402
-from vae_utils.config import TrainConfig  # noqa: E402
-from vae_utils.loss import posterior_statistics  # noqa: E402
-from vae_utils.model import VAE  # noqa: E402
+from vae_utils import plotting
+from vae_utils.config import TrainConfig
+from vae_utils.loss import posterior_statistics
+from vae_utils.model import VAE
 
 SHAPE = (4, 5)  # a small image shape, D = 20
 
@@ -41,6 +42,7 @@ def history(offset=0.0):
 
 # ----------------------------------------------------------------------------- the manifold grid
 
+
 def test_unit_square_points_are_evenly_spaced_inside_the_open_interval():
     u = plotting.unit_square_points(4)
     assert torch.allclose(u, torch.tensor([0.2, 0.4, 0.6, 0.8]))
@@ -67,6 +69,7 @@ def test_latent_grid_rejects_other_dimensions():
 
 # ----------------------------------------------------------------------------- PCA
 
+
 def test_pca_projection_shape_order_and_explained_variance():
     g = torch.Generator().manual_seed(0)
     scales = torch.tensor([5.0, 2.0, 0.5, 0.1])
@@ -91,6 +94,7 @@ def test_pca_projection_shape_order_and_explained_variance():
 
 
 # ----------------------------------------------------------------------------- images and helpers
+
 
 def test_image_grid_shape_padding_and_clipping():
     images = torch.linspace(-1, 2, 6 * 28 * 28).reshape(6, 28 * 28)
@@ -141,6 +145,7 @@ def test_likelihood_summary_iw_bound_is_above_the_elbo(model, x):
 
 # ----------------------------------------------------------------------------- figures
 
+
 @pytest.mark.filterwarnings("error")
 def test_every_figure_draws_without_warnings(model, x):
     labels = torch.arange(len(x)) % 3
@@ -149,8 +154,9 @@ def test_every_figure_draws_without_warnings(model, x):
     figures = [
         plotting.show_images(x[:6], SHAPE, nrow=3, title="t"),
         plotting.plot_reconstructions(x[:7], x[:7], SHAPE, ncol=5),
-        plotting.plot_image_rows({"r1": x[:3], "r2": x[:2]}, SHAPE, titles={"r1": ["1", "2", "3"]},
-                                 suptitle="s"),
+        plotting.plot_image_rows(
+            {"r1": x[:3], "r2": x[:2]}, SHAPE, titles={"r1": ["1", "2", "3"]}, suptitle="s"
+        ),
         plotting.plot_manifold(model, SHAPE, grid_size=4),
         plotting.plot_elbo_curves(histories, x="epoch"),
         plotting.plot_elbo_curves(history(), x="samples"),
@@ -160,8 +166,9 @@ def test_every_figure_draws_without_warnings(model, x):
         plotting.plot_latent_scatter(posterior_statistics(model, x)["mu"], labels, classes, box=1.5),
         plotting.plot_latent_scatter(posterior_statistics(model, x)["mu"]),
         plotting.plot_latent_1d(torch.randn(30), labels, classes),
-        plotting.plot_per_class(pd.DataFrame({"class": [classes[i] for i in labels], "recon": x[:, 0]}),
-                                classes=classes),
+        plotting.plot_per_class(
+            pd.DataFrame({"class": [classes[i] for i in labels], "recon": x[:, 0]}), classes=classes
+        ),
     ]
     for figure in figures:
         assert isinstance(figure, (plt.Axes, plt.Figure))

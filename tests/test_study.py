@@ -1,5 +1,6 @@
 """The main job, ``python -m vae_utils.study``: options, planning, the index, and a run end to end
 on tiny stand-in notebooks (the real notebooks run end to end in nbval, on the CI configuration)."""
+
 from __future__ import annotations
 
 import json
@@ -9,23 +10,35 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+import vae_utils.reports
 from vae_utils import study
 from vae_utils.config import TrainConfig
 
 
 def plan(argv: list[str]) -> study.Study:
     overrides, own = study.parse_args(argv)
-    return study.plan_study(overrides, quick=own["quick"], name=own["name"],
-                            overwrite=own["overwrite"], resume=own["resume"])
+    return study.plan_study(
+        overrides, quick=own["quick"], name=own["name"], overwrite=own["overwrite"], resume=own["resume"]
+    )
 
 
 # ----------------------------------------------------------------------------- options
 
+
 def test_no_option_is_the_original_study():
     s = plan([])
     c = s.config
-    assert (c.dataset, c.decoder, c.hidden_dim, c.latent_dim, c.batch_size, c.epochs, c.optimizer,
-            c.lr, c.patience) == ("mnist", "bernoulli", 500, 2, 100, 100, "adagrad", 0.01, 3)
+    assert (
+        c.dataset,
+        c.decoder,
+        c.hidden_dim,
+        c.latent_dim,
+        c.batch_size,
+        c.epochs,
+        c.optimizer,
+        c.lr,
+        c.patience,
+    ) == ("mnist", "bernoulli", 500, 2, 100, 100, "adagrad", 0.01, 3)
     assert c.to_dict() == TrainConfig().to_dict()
     assert s.name == "mnist_bernoulli_z2_h500_s0" and c.run_dir == "runs/mnist_bernoulli_z2_h500_s0"
     assert s.parameters["02_train"] == {**TrainConfig().to_dict(), "overwrite": False, "resume": False}
@@ -34,15 +47,49 @@ def test_no_option_is_the_original_study():
 
 
 def test_options_are_trainconfig_fields_with_their_types():
-    s = plan(["--latent-dim", "5", "--decoder", "gaussian", "--dataset", "fashion_mnist", "--lr", "0.02",
-              "--patience", "none", "--train-subset", "500", "--sigmoid-mean", "--kl", "mc",
-              "--iw-samples", "50", "--iw-subset", "None", "--grid-size", "7"])
+    s = plan(
+        [
+            "--latent-dim",
+            "5",
+            "--decoder",
+            "gaussian",
+            "--dataset",
+            "fashion_mnist",
+            "--lr",
+            "0.02",
+            "--patience",
+            "none",
+            "--train-subset",
+            "500",
+            "--sigmoid-mean",
+            "--kl",
+            "mc",
+            "--iw-samples",
+            "50",
+            "--iw-subset",
+            "None",
+            "--grid-size",
+            "7",
+        ]
+    )
     c = s.config
     assert (c.latent_dim, c.decoder, c.dataset, c.lr, c.patience, c.train_subset, c.sigmoid_mean, c.kl) == (
-        5, "gaussian", "fashion_mnist", 0.02, None, 500, True, "mc")
+        5,
+        "gaussian",
+        "fashion_mnist",
+        0.02,
+        None,
+        500,
+        True,
+        "mc",
+    )
     assert s.name == "fashion_mnist_gaussian_z5_h500_s0"
-    assert s.parameters["03_loss_curves"] == {"run_dir": c.run_dir, "iw_samples": 50, "iw_subset": None,
-                                              "seed": 0}
+    assert s.parameters["03_loss_curves"] == {
+        "run_dir": c.run_dir,
+        "iw_samples": 50,
+        "iw_subset": None,
+        "seed": 0,
+    }
     assert s.parameters["05_latent_manifold"]["grid_size"] == 7
     assert plan(["--no-sigmoid-mean"]).config.sigmoid_mean is False
 
@@ -62,18 +109,21 @@ def test_name_run_dir_resume_overwrite():
     assert s.config.run_dir == "runs/elsewhere" and s.parameters["02_train"]["resume"] is True
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--latent-dim", "0"], "latent_dim = 0 is invalid: allowed an integer >= 1"),
-    (["--decoder", "foo"], "decoder = 'foo' is invalid: allowed one of 'bernoulli', 'gaussian'"),
-    (["--lr", "-1"], "lr = -1.0 is invalid"),
-    (["--decoder", "gaussian", "--binarize", "dynamic"], "binarize = 'dynamic' is invalid"),
-    (["--latent-dim", "x"], "argument --latent-dim: invalid int value: 'x'"),
-    (["--patience", "x"], "invalid int or 'none' value"),
-    (["--iw-samples", "0"], "iw_samples = 0 is invalid"),
-    (["--name", "a/b"], "name = 'a/b' is invalid"),
-    (["--resume", "--overwrite"], "not allowed with argument --resume"),
-    (["--references", "--quick"], "--references takes no other option"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--latent-dim", "0"], "latent_dim = 0 is invalid: allowed an integer >= 1"),
+        (["--decoder", "foo"], "decoder = 'foo' is invalid: allowed one of 'bernoulli', 'gaussian'"),
+        (["--lr", "-1"], "lr = -1.0 is invalid"),
+        (["--decoder", "gaussian", "--binarize", "dynamic"], "binarize = 'dynamic' is invalid"),
+        (["--latent-dim", "x"], "argument --latent-dim: invalid int value: 'x'"),
+        (["--patience", "x"], "invalid int or 'none' value"),
+        (["--iw-samples", "0"], "iw_samples = 0 is invalid"),
+        (["--name", "a/b"], "name = 'a/b' is invalid"),
+        (["--resume", "--overwrite"], "not allowed with argument --resume"),
+        (["--references", "--quick"], "--references takes no other option"),
+    ],
+)
 def test_bad_options_exit_with_the_package_message(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         study.parse_args(argv)
@@ -82,6 +132,7 @@ def test_bad_options_exit_with_the_package_message(argv, message, capsys):
 
 
 # ----------------------------------------------------------------------------- tiny notebooks
+
 
 def tiny_notebook(path: Path, parameters: str, code: str) -> None:
     """A notebook with a parameters cell, a validation-like cell and a body; no vae_utils import,
@@ -112,12 +163,21 @@ def tiny_notebooks(tmp_path) -> Path:
     folder = tmp_path / "notebooks"
     folder.mkdir()
     tiny_notebook(folder / "01_derivation.ipynb", "seed = 0\nn_mc = 10", "print('derivation', seed)")
-    tiny_notebook(folder / "02_train.ipynb", "latent_dim = 2\nepochs = 100\nrun_dir = None\nseed = 0\n"
-                                             "overwrite = False\nresume = False", TINY_02)
-    for name, extra in (("03_loss_curves", "iw_samples = 5000"), ("04_reconstruction", "n_images = 10"),
-                        ("05_latent_manifold", "grid_size = 20")):
-        tiny_notebook(folder / f"{name}.ipynb", f"run_dir = 'x'\n{extra}\nseed = 0",
-                      f"import os\nassert os.path.isdir(run_dir)\nprint('{name}', {extra.split()[0]})")
+    tiny_notebook(
+        folder / "02_train.ipynb",
+        "latent_dim = 2\nepochs = 100\nrun_dir = None\nseed = 0\noverwrite = False\nresume = False",
+        TINY_02,
+    )
+    for name, extra in (
+        ("03_loss_curves", "iw_samples = 5000"),
+        ("04_reconstruction", "n_images = 10"),
+        ("05_latent_manifold", "grid_size = 20"),
+    ):
+        tiny_notebook(
+            folder / f"{name}.ipynb",
+            f"run_dir = 'x'\n{extra}\nseed = 0",
+            f"import os\nassert os.path.isdir(run_dir)\nprint('{name}', {extra.split()[0]})",
+        )
     return folder
 
 
@@ -130,8 +190,12 @@ def test_declared_parameters(tiny_notebooks):
 
 def test_run_study_end_to_end(tiny_notebooks, tmp_path, capsys):
     run_dir, reports = tmp_path / "run", tmp_path / "reports"
-    folder = study.run_study({"latent_dim": 3, "run_dir": str(run_dir), "iw_samples": 7},
-                             name="tiny", reports_dir=reports, notebooks_dir=tiny_notebooks)
+    folder = study.run_study(
+        {"latent_dim": 3, "run_dir": str(run_dir), "iw_samples": 7},
+        name="tiny",
+        reports_dir=reports,
+        notebooks_dir=tiny_notebooks,
+    )
     assert folder == reports / "tiny"
     for name in study.NOTEBOOKS:
         assert (folder / f"{name}.ipynb").is_file() and (folder / f"{name}.html").is_file()
@@ -150,16 +214,29 @@ def test_run_study_end_to_end(tiny_notebooks, tmp_path, capsys):
     # the run exists now: a second study stops before running anything, and changes nothing
     stamp = (run_dir / "history.csv").stat().st_mtime_ns
     with pytest.raises(study.StudyError, match="already holds a run.*--resume.*--overwrite"):
-        study.run_study({"run_dir": str(run_dir)}, name="tiny", reports_dir=reports,
-                        notebooks_dir=tiny_notebooks)
+        study.run_study(
+            {"run_dir": str(run_dir)}, name="tiny", reports_dir=reports, notebooks_dir=tiny_notebooks
+        )
     assert (run_dir / "history.csv").stat().st_mtime_ns == stamp
     assert json.loads((folder / "study.json").read_text())["status"] == "complete"
 
 
 def test_a_failure_names_notebook_and_cell(tiny_notebooks, tmp_path, capsys):
-    argv = ["--latent-dim", "3", "--run-dir", str(tmp_path / "run"), "--name", "broken",
-            "--reports-dir", str(tmp_path / "reports"), "--notebooks-dir", str(tiny_notebooks)]
-    tiny_notebook(tiny_notebooks / "02_train.ipynb", "latent_dim = 2\nrun_dir = None", "print('start')\n1 / 0")
+    argv = [
+        "--latent-dim",
+        "3",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--name",
+        "broken",
+        "--reports-dir",
+        str(tmp_path / "reports"),
+        "--notebooks-dir",
+        str(tiny_notebooks),
+    ]
+    tiny_notebook(
+        tiny_notebooks / "02_train.ipynb", "latent_dim = 2\nrun_dir = None", "print('start')\n1 / 0"
+    )
     assert study.main(argv) == 1
     err = capsys.readouterr().err
     # cells: markdown 0, parameters 1, injected-parameters 2, the failing cell 3
@@ -174,26 +251,107 @@ def test_a_failure_names_notebook_and_cell(tiny_notebooks, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- the index
 
+
 def test_index_lists_every_study_with_its_configuration(tmp_path):
     reports = tmp_path / "reports"
     a, b, empty = reports / "full_run", reports / "by_hand", reports / "not_a_study"
     for folder in (a, b, empty):
         folder.mkdir(parents=True)
     config = TrainConfig(decoder="gaussian", latent_dim=5).to_dict()
-    (a / "study.json").write_text(json.dumps({"name": "full_run", "status": "complete", "quick": False,
-                                               "config": config, "finished": "2025-01-02T03:04:05+00:00"}))
-    (a / "history.csv").write_text("epoch,train_elbo,test_elbo,test_kl,seconds\n"
-                                   "1,-150.0,-151.0,4.0,60\n2,-140.0,-141.5,5.0,120\n3,-139.0,-142.0,5.5,180\n")
+    (a / "study.json").write_text(
+        json.dumps(
+            {
+                "name": "full_run",
+                "status": "complete",
+                "quick": False,
+                "config": config,
+                "finished": "2025-01-02T03:04:05+00:00",
+            }
+        )
+    )
+    (a / "history.csv").write_text(
+        "epoch,train_elbo,test_elbo,test_kl,seconds\n"
+        "1,-150.0,-151.0,4.0,60\n2,-140.0,-141.5,5.0,120\n3,-139.0,-142.0,5.5,180\n"
+    )
     for name in study.NOTEBOOKS:
         (a / f"{name}.html").write_text("<html></html>")
         (a / f"{name}.ipynb").write_text("{}")
     (b / "02_train.html").write_text("<html></html>")
-    index = study.write_index(reports).read_text()
+    index = vae_utils.reports.write_index(reports).read_text()
     assert index.index("by_hand") < index.index("full_run")  # sorted
     assert "not_a_study" not in index
     for name in study.NOTEBOOKS:
         assert f'href="full_run/{name}.html"' in index and f'href="full_run/{name}.ipynb"' in index
     assert 'href="by_hand/02_train.html"' in index and "01_derivation (not run)" in index
-    assert "<td>decoder</td><td>&#x27;gaussian&#x27;</td>" in index and "<td>latent_dim</td><td>5</td>" in index
+    assert (
+        "<td>decoder</td><td>&#x27;gaussian&#x27;</td>" in index and "<td>latent_dim</td><td>5</td>" in index
+    )
     assert "<td>best test ELBO</td><td>-141.5</td>" in index and "<td>best epoch</td><td>2</td>" in index
     assert "2025-01-02 03:04" in index
+
+
+# ----------------------------------------------------------------------------- analysis options
+
+
+def test_analysis_options_live_in_config_and_study_uses_them():
+    from vae_utils import config
+
+    assert study.ANALYSIS_OPTIONS is config.ANALYSIS_OPTIONS
+    declared = {
+        option
+        for nb in ("03_loss_curves", "04_reconstruction", "05_latent_manifold")
+        for option in study.CONTRACT[nb]
+    }
+    assert set(config.ANALYSIS_OPTIONS) <= declared
+
+
+@pytest.mark.parametrize(
+    "name, minimum, optional",
+    [("iw_samples", 1, False), ("iw_subset", 1, True), ("n_images", 1, False), ("grid_size", 2, False)],
+)
+def test_check_analysis_option_applies_the_table(name, minimum, optional):
+    from vae_utils.config import check_analysis_option
+
+    for good in (minimum, minimum + 1, 10_000):
+        check_analysis_option(name, good)
+    for bad in (minimum - 1, -5, 2.0, "3", True):
+        with pytest.raises(ValueError, match=f"^{name} = .* is invalid: allowed an integer >= {minimum}"):
+            check_analysis_option(name, bad)
+    if optional:
+        check_analysis_option(name, None)
+    else:
+        with pytest.raises(ValueError, match=f"{name} = None is invalid"):
+            check_analysis_option(name, None)
+
+
+def test_check_analysis_option_rejects_an_unknown_name():
+    from vae_utils.config import check_analysis_option
+
+    with pytest.raises(KeyError, match="'seed' is not an analysis option"):
+        check_analysis_option("seed", 0)
+
+
+@pytest.mark.parametrize("notebook", ["03_loss_curves", "04_reconstruction", "05_latent_manifold"])
+def test_notebooks_check_their_analysis_options_with_the_config_table(notebook):
+    """One place for each minimum: the validation cell (the code cell after 'parameters') checks
+    every analysis option it declares with check_analysis_option, and writes no minimum of its own."""
+    import re
+
+    from vae_utils.config import ANALYSIS_OPTIONS
+
+    nb = nbformat.read(study.NOTEBOOKS_DIR / f"{notebook}.ipynb", as_version=4)
+    (start,) = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+    validation = next(c for c in nb.cells[start + 1 :] if c.cell_type == "code").source
+    options = [o for o in study.CONTRACT[notebook] if o in ANALYSIS_OPTIONS]
+    assert options
+    for option in options:
+        assert f'check_analysis_option("{option}", {option})' in validation, option
+        assert not re.search(rf'check_int\(\s*"{option}"', validation), option
+
+
+def test_a_bad_analysis_option_is_refused_before_anything_runs():
+    with pytest.raises(ValueError, match="grid_size = 1 is invalid: allowed an integer >= 2"):
+        study.plan_study({"grid_size": 1})
+    with pytest.raises(ValueError, match="iw_subset = 0 is invalid: allowed an integer >= 1 or None"):
+        study.plan_study({"iw_subset": 0})
+    assert study.plan_study({"iw_subset": None}).parameters["03_loss_curves"]["iw_subset"] is None

@@ -3,6 +3,7 @@ training improves the test ELBO, is reproducible and resumable, refuses to overw
 keeps the best model when it stops early, stops on NaN keeping the last good checkpoint, and that
 load_run reads back exactly what was saved. Run directories live in ``tmp_path``.
 """
+
 import json
 import math
 import os
@@ -11,22 +12,39 @@ import pandas as pd
 import pytest
 import torch
 
+import vae_utils.training as T
 from vae_utils.config import TrainConfig
 from vae_utils.data import load_dataset
 from vae_utils.loss import ELBO, evaluate
 from vae_utils.model import VAE
-import vae_utils.training as T
-from vae_utils.training import (HISTORY_COLUMNS, RUN_FILES, TrainingDiverged, _atomic,
-                                atomic_torch_save, atomic_write_text, load_run, train)
+from vae_utils.runfiles import (
+    HISTORY_COLUMNS,
+    RUN_FILES,
+    _atomic,
+    atomic_torch_save,
+    atomic_write_text,
+    load_run,
+)
+from vae_utils.training import TrainingDiverged, train
 
 N_TRAIN, N_TEST, BATCH = 1000, 300, 100
 N_BATCHES = N_TRAIN // BATCH
 
 
 def make_config(run_dir, shared_data, **overrides) -> TrainConfig:
-    values = dict(hidden_dim=50, latent_dim=4, epochs=3, lr=0.02, batch_size=BATCH,
-                  train_subset=N_TRAIN, test_subset=N_TEST, device="cpu", seed=0,
-                  data_dir=str(shared_data), run_dir=str(run_dir))
+    values = dict(
+        hidden_dim=50,
+        latent_dim=4,
+        epochs=3,
+        lr=0.02,
+        batch_size=BATCH,
+        train_subset=N_TRAIN,
+        test_subset=N_TEST,
+        device="cpu",
+        seed=0,
+        data_dir=str(shared_data),
+        run_dir=str(run_dir),
+    )
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -98,7 +116,7 @@ def test_short_run_raises_test_elbo(tmp_path, shared_data, mnist_small):
     untrained = evaluate(VAE.from_config(config, 784), mnist_small.x_test, seed=config.seed + 1)["elbo"]
     assert h["test_elbo"].iloc[-1] > untrained + 100, (untrained, h["test_elbo"].tolist())
     assert h["test_elbo"].iloc[-1] > h["test_elbo"].iloc[0] + 10
-    assert sorted(p.name for p in config.path.iterdir()) == sorted(RUN_FILES)
+    assert sorted(p.name for p in config.path.iterdir()) == sorted(set(RUN_FILES) - {"lr_pilot.csv"})
     assert run.best_epoch == 4 and run.final["test_elbo"] == h["test_elbo"].iloc[-1]
     assert run.path == config.path
 
@@ -108,11 +126,9 @@ def test_same_seed_same_history(tmp_path, shared_data, mnist_small):
     but the wall-clock seconds, and identical weights; another seed gives a different history."""
     a = train(make_config(tmp_path / "a", shared_data, epochs=2), progress=False, data=mnist_small)
     b = train(make_config(tmp_path / "b", shared_data, epochs=2), progress=False, data=mnist_small)
-    pd.testing.assert_frame_equal(without_seconds(a.history), without_seconds(b.history),
-                                  check_exact=True)
+    pd.testing.assert_frame_equal(without_seconds(a.history), without_seconds(b.history), check_exact=True)
     assert state_dicts_equal(a.model.state_dict(), b.model.state_dict())
-    c = train(make_config(tmp_path / "c", shared_data, epochs=2, seed=1), progress=False,
-              data=mnist_small)
+    c = train(make_config(tmp_path / "c", shared_data, epochs=2, seed=1), progress=False, data=mnist_small)
     assert (c.history["test_elbo"] != a.history["test_elbo"]).all()
 
 
@@ -124,8 +140,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, shared_data, mnist_small
     by training with fewer epochs. The resumed run's history (all columns but seconds) and its
     best and last weights equal those of a run never interrupted; resuming a finished run changes
     nothing."""
-    full = train(make_config(tmp_path / "full", shared_data, epochs=4), progress=False,
-                 data=mnist_small)
+    full = train(make_config(tmp_path / "full", shared_data, epochs=4), progress=False, data=mnist_small)
     config = make_config(tmp_path / "cut", shared_data, epochs=4)
 
     def interrupt(_):
@@ -140,8 +155,9 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, shared_data, mnist_small
     assert not [p for p in config.path.iterdir() if p.name.endswith(".tmp")]
 
     resumed = train(config, resume=True, progress=False, data=mnist_small)
-    pd.testing.assert_frame_equal(without_seconds(resumed.history), without_seconds(full.history),
-                                  check_exact=True)
+    pd.testing.assert_frame_equal(
+        without_seconds(resumed.history), without_seconds(full.history), check_exact=True
+    )
     assert resumed.best_epoch == full.best_epoch
     assert state_dicts_equal(resumed.model.state_dict(), full.model.state_dict())
     last_a, last_b = (load_run(p, checkpoint="last") for p in (config.path, full.path))
@@ -182,7 +198,7 @@ def test_existing_run_dir_is_never_overwritten_silently(tmp_path, shared_data, m
     assert second.history["epoch"].tolist() == [1, 2]
     assert second.history["test_elbo"].iloc[0] != first.history["test_elbo"].iloc[0]
     assert not state_dicts_equal(second.model.state_dict(), first.model.state_dict())
-    assert sorted(p.name for p in config.path.iterdir()) == sorted(RUN_FILES)
+    assert sorted(p.name for p in config.path.iterdir()) == sorted(set(RUN_FILES) - {"lr_pilot.csv"})
 
 
 def test_unavailable_cuda_is_a_value_error_before_anything_is_written(tmp_path, shared_data):
@@ -198,8 +214,7 @@ def test_unavailable_cuda_is_a_value_error_before_anything_is_written(tmp_path, 
 
 
 @pytest.mark.filterwarnings("ignore:Initializing zero-element tensors:UserWarning")
-def test_config_changed_after_construction_is_refused_before_training(tmp_path, shared_data,
-                                                                      mnist_small):
+def test_config_changed_after_construction_is_refused_before_training(tmp_path, shared_data, mnist_small):
     """Notebooks may set fields on an existing config. train() must still refuse a bad value with
     the field's ValueError before it writes a run directory or trains."""
     config = make_config(tmp_path / "run", shared_data, epochs=1)
@@ -209,11 +224,20 @@ def test_config_changed_after_construction_is_refused_before_training(tmp_path, 
     assert not config.path.exists()
 
 
+def test_test_only_data_is_refused_before_anything_is_written(tmp_path, shared_data):
+    """Data loaded with train=False (the analysis notebooks' way) has no training split: train()
+    says so with a ValueError, before the run directory exists (not a TypeError from len(None))."""
+    config = make_config(tmp_path / "run", shared_data, epochs=1)
+    test_only = load_dataset("mnist", shared_data, test_subset=N_TEST, train=False)
+    with pytest.raises(ValueError, match="train=False"):
+        train(config, progress=False, data=test_only)
+    assert not config.path.exists()
+
+
 # ----------------------------------------------------------------------------- early stopping
 
 
-def test_early_stopping_keeps_the_best_model(tmp_path, shared_data, mnist_small, monkeypatch,
-                                             capsys):
+def test_early_stopping_keeps_the_best_model(tmp_path, shared_data, mnist_small, monkeypatch, capsys):
     """_eval_row is replaced to report test ELBOs -300, -200, -250, -210, -220, -100, ... while
     recording the weights each epoch. With patience 3, epoch 2 is the best; epoch 4 (-210) is
     better than epoch 3 but not than the best, so it must not reset the count (the original
@@ -226,8 +250,14 @@ def test_early_stopping_keeps_the_best_model(tmp_path, shared_data, mnist_small,
         epoch = len(weights) + 1
         weights[epoch] = snapshot_weights(model)
         value = sequence[epoch - 1]
-        return {"train_elbo": value - 1, "train_recon": value - 2, "train_kl": 1.0,
-                "test_elbo": value, "test_recon": value - 3, "test_kl": 3.0}
+        return {
+            "train_elbo": value - 1,
+            "train_recon": value - 2,
+            "train_kl": 1.0,
+            "test_elbo": value,
+            "test_recon": value - 3,
+            "test_kl": 3.0,
+        }
 
     monkeypatch.setattr(T, "_eval_row", fake_eval_row)
     config = make_config(tmp_path / "run", shared_data, epochs=8, patience=3)
@@ -252,20 +282,28 @@ def test_no_early_stopping_with_patience_none(tmp_path, shared_data, mnist_small
     def fake_eval_row(model, *args, **kwargs):
         calls.append(1)
         v = sequence[len(calls) - 1]
-        return {"train_elbo": v, "train_recon": v, "train_kl": 0.0,
-                "test_elbo": v, "test_recon": v, "test_kl": 0.0}
+        return {
+            "train_elbo": v,
+            "train_recon": v,
+            "train_kl": 0.0,
+            "test_elbo": v,
+            "test_recon": v,
+            "test_kl": 0.0,
+        }
 
     monkeypatch.setattr(T, "_eval_row", fake_eval_row)
-    run = train(make_config(tmp_path / "run", shared_data, epochs=5, patience=None),
-                progress=False, data=mnist_small)
+    run = train(
+        make_config(tmp_path / "run", shared_data, epochs=5, patience=None), progress=False, data=mnist_small
+    )
     assert run.history["epoch"].tolist() == [1, 2, 3, 4, 5] and run.best_epoch == 1
 
 
 # ----------------------------------------------------------------------------- divergence
 
 
-def test_nan_loss_names_epoch_and_batch_and_keeps_last_good_checkpoint(tmp_path, shared_data,
-                                                                       mnist_small, monkeypatch):
+def test_nan_loss_names_epoch_and_batch_and_keeps_last_good_checkpoint(
+    tmp_path, shared_data, mnist_small, monkeypatch
+):
     """train.py's elbo returns a NaN ELBO on minibatch 3 of epoch 2 (the NaN then flows into the
     weights through backward, as a real blow-up would). TrainingDiverged names epoch 2 and
     batch 3; last.pt (and best.pt) still hold epoch 1's finite weights, load with load_run, and
@@ -331,8 +369,7 @@ def test_load_run_round_trip(finished_run):
     assert not back.model.training
     assert back.best_epoch == best["epoch"] == int(back.history["test_elbo"].idxmax()) + 1
     last = torch.load(config.path / "last.pt", weights_only=False)
-    assert state_dicts_equal(load_run(config.path, checkpoint="last").model.state_dict(),
-                             last["model"])
+    assert state_dicts_equal(load_run(config.path, checkpoint="last").model.state_dict(), last["model"])
     assert last["epoch"] == config.epochs
     with pytest.raises(ValueError, match="checkpoint = 'final'"):
         load_run(config.path, checkpoint="final")
@@ -362,7 +399,7 @@ def test_run_files_are_written_atomically(finished_run, tmp_path):
     temporary files left behind). A write that fails half-way leaves the old file intact and
     no temporary file; successful atomic writes round-trip."""
     config, _ = finished_run
-    assert sorted(p.name for p in config.path.iterdir()) == sorted(RUN_FILES)
+    assert sorted(p.name for p in config.path.iterdir()) == sorted(set(RUN_FILES) - {"lr_pilot.csv"})
     target = tmp_path / "file.txt"
     atomic_write_text(target, "old")
 
@@ -392,6 +429,5 @@ def test_history_csv_matches_returned_history(finished_run):
     """history.csv, read with pandas, is the returned history to the last bit (floats are written
     with full precision), so analysis notebooks see exactly the trained numbers."""
     config, run = finished_run
-    pd.testing.assert_frame_equal(pd.read_csv(config.path / "history.csv"), run.history,
-                                  check_exact=True)
+    pd.testing.assert_frame_equal(pd.read_csv(config.path / "history.csv"), run.history, check_exact=True)
     assert run.history["epoch"].tolist() == list(range(1, config.epochs + 1))

@@ -5,15 +5,17 @@ started from ran it): MNIST, a Bernoulli decoder, 500 hidden tanh units, a 2-D l
 minibatches of 100, 100 epochs of Adagrad with step size 0.01, and early stopping after 3 epochs
 without a better test ELBO.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import numbers
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn
 
 #: The folder that holds ``pyproject.toml`` and ``vae_utils/`` (the package is installed editable).
 #: Relative run and data paths are resolved against it, so that a notebook finds the same files
@@ -21,7 +23,9 @@ from typing import Optional
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 DATASETS = ("mnist", "fashion_mnist", "frey_face")
-DECODERS = ("bernoulli", "gaussian")
+DECODERS = ("bernoulli", "gaussian", "continuous_bernoulli")
+ALGORITHMS = ("aevb", "wake_sleep")
+LR_SCHEDULES = ("constant", "burda")
 ACTIVATIONS = ("tanh", "relu")
 OPTIMIZERS = ("adagrad", "adam")
 KL_ESTIMATORS = ("analytic", "mc")
@@ -32,6 +36,13 @@ INITS = ("pytorch", "paper")
 #: are the same experiment (a resume may change them; legends ignore them).
 PLACEMENT_FIELDS = ("device", "run_dir", "data_dir")
 MAX_SEED = 2**31 - 1  # train() also seeds with seed + 1; torch takes up to 2**64 - 1
+#: The number of training images of each dataset (Frey Face: after its fixed 200-image test split).
+TRAIN_SIZES = {"mnist": 60_000, "fashion_mnist": 60_000, "frey_face": 1_765}
+#: The step sizes the paper chose Adagrad's from (section 5).
+PAPER_STEP_SIZES = (0.01, 0.02, 0.1)
+#: Burda et al.'s schedule: stage i = 0..7 runs 3^i epochs at step size lr * 10^(-i/7).
+BURDA_STAGES = 8
+BURDA_EPOCHS = sum(3**i for i in range(BURDA_STAGES))  # 3,280
 
 
 def resolve_path(path: str | Path) -> Path:
@@ -43,35 +54,40 @@ def resolve_path(path: str | Path) -> Path:
 # The checks below are shared by TrainConfig and by the notebooks' validation cells, so that every
 # bad parameter is reported the same way: its name, its value, and what is allowed.
 
-def fail(field: str, value, allowed: str) -> None:
+
+def fail(field: str, value: object, allowed: str) -> NoReturn:
     """Raise ``ValueError("<field> = <value> is invalid: allowed <allowed>")``."""
     raise ValueError(f"{field} = {value!r} is invalid: allowed {allowed}")
 
 
-def check_choice(field: str, value, choices: tuple) -> None:
+def check_choice(field: str, value: object, choices: Sequence[str]) -> None:
     if not isinstance(value, str) or value not in choices:
         fail(field, value, "one of " + ", ".join(repr(c) for c in choices))
 
 
-def check_int(field: str, value, minimum: int, optional: bool = False,
-              maximum: Optional[int] = None) -> None:
+def check_int(
+    field: str, value: object, minimum: int, optional: bool = False, maximum: int | None = None
+) -> None:
     """An integer (numpy's included, bools excluded) in [minimum, maximum]."""
     if optional and value is None:
         return
-    if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum
-            or (maximum is not None and value > maximum)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or int(value) < minimum
+        or (maximum is not None and int(value) > maximum)
+    ):
         bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
         fail(field, value, f"an integer {bounds}" + (" or None" if optional else ""))
 
 
-def check_float(field: str, value, minimum: float, strict: bool) -> None:
-    ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
-          and math.isfinite(float(value)))
-    if not ok or (value <= minimum if strict else value < minimum):
+def check_float(field: str, value: object, minimum: float, strict: bool) -> None:
+    number = math.nan if isinstance(value, bool) or not isinstance(value, numbers.Real) else float(value)
+    if not math.isfinite(number) or (number <= minimum if strict else number < minimum):
         fail(field, value, f"a finite number {'>' if strict else '>='} {minimum}")
 
 
-def check_bool(field: str, value) -> None:
+def check_bool(field: str, value: object) -> None:
     if not isinstance(value, bool):
         fail(field, value, "True or False")
 
@@ -82,10 +98,14 @@ class TrainConfig:
 
     Model
         dataset: ``"mnist"``, ``"fashion_mnist"`` or ``"frey_face"``.
-        decoder: ``"bernoulli"`` (paper eq. 11, on logits) or ``"gaussian"`` (eq. 12).
+        decoder: ``"bernoulli"`` (paper eq. 11, on logits), ``"gaussian"`` (eq. 12) or
+            ``"continuous_bernoulli"`` (Loaiza-Ganem & Cunningham 2019: the normalised density on
+            [0, 1] that the Bernoulli-on-grey-levels habit approximates; on logits too).
         latent_dim: N_z, the size of z.
         hidden_dim: hidden units of the encoder and of the decoder (500 for MNIST, 200 for Frey Face
             in the paper).
+        hidden_layers: deterministic hidden layers in the encoder and in the decoder: 1 in the paper,
+            2 in Burda et al.'s one-stochastic-layer VAE.
         activation: ``"tanh"`` as in the paper, or ``"relu"``.
         init: ``"pytorch"`` (PyTorch's default Linear initialisation, the default here: it learns
             faster in the first epochs) or ``"paper"`` (every parameter drawn from N(0, 0.01^2),
@@ -95,10 +115,25 @@ class TrainConfig:
         sigmoid_mean: squash the Gaussian decoder's mean into (0, 1), as the paper did for Frey Face.
 
     Optimisation
+        algorithm: ``"aevb"`` (the paper's Algorithm 1: encoder and decoder step together on the
+            ELBO) or ``"wake_sleep"`` (Hinton et al. 1995, the paper's baseline in Figure 2: the
+            wake phase steps the decoder on log p(x|z), z ~ q(z|x); the sleep phase steps the
+            encoder on log q(z|x~) for fantasies z ~ p(z), x~ ~ p(x|z)). Same networks, optimizer,
+            step size, minibatch and weight decay; both are evaluated with the same ELBO.
         batch_size: M, datapoints per minibatch.
         epochs: the most passes over the training set.
-        lr: the global step size (the paper chose from {0.01, 0.02, 0.1} for Adagrad).
+        lr: the global step size (the paper chose from {0.01, 0.02, 0.1} for Adagrad). Ignored when
+            ``lr_candidates`` is given.
+        lr_candidates: ``None``, or step sizes to choose ``lr`` from, as the paper did: a pilot of
+            ``pilot_samples`` training samples per candidate, from the same initialisation, and the
+            one with the best training-set ELBO wins. The pilot is saved as ``lr_pilot.csv`` in
+            the run directory; the paper's candidates are :data:`PAPER_STEP_SIZES`.
+        pilot_samples: the length of each pilot, in training samples.
+        lr_schedule: ``"constant"``, or ``"burda"``: Burda et al.'s 8 stages, stage i at step size
+            lr * 10^(-i/7) for 3^i epochs when ``epochs`` = 3,280; a smaller ``epochs`` shrinks
+            every stage in proportion (each keeps at least one epoch), a shortened schedule.
         optimizer: ``"adagrad"`` (the paper) or ``"adam"``.
+        adam_eps: Adam's epsilon (PyTorch's 1e-8 by default; Burda et al. used 1e-4).
         weight_decay: an L2 penalty on the parameters; ``1 / N_train`` is the paper's N(0, I) prior
             on theta expressed per datapoint. 0 by default, as in the original study.
         n_samples: L, samples of z per datapoint in the ELBO estimate.
@@ -106,7 +141,14 @@ class TrainConfig:
         binarize: for a Bernoulli decoder, ``"none"`` (grey levels as probabilities, as the paper),
             ``"dynamic"`` (a fresh binarisation each time a batch is drawn) or ``"static"`` (one
             binarisation with a fixed seed). Must be ``"none"`` for the Gaussian decoder.
-        patience: stop after this many epochs without a better test ELBO; ``None`` never stops early.
+        patience: stop after this many evaluations without a better test ELBO; ``None`` never stops
+            early (the paper's Figure 2).
+        eval_per_decade: ``None`` evaluates after every epoch. An integer n evaluates only after the
+            epochs at which the training samples seen first reach 10^(j/n) (j = 0, 1, ...), and
+            after the last: a log-spaced curve, as Figure 2's axis, at a small cost on long runs.
+        eval_iw_samples: ``None``, or k: each evaluation also estimates the test log p(x) with k
+            importance samples (Burda et al.), the history's ``test_log_px``, so that the
+            log-likelihood's trend shows during training (k = 5000 is left to the analysis).
 
     Run
         seed: seeds the initialisation, the shuffling, the noise and the binarisation.
@@ -122,28 +164,38 @@ class TrainConfig:
     decoder: str = "bernoulli"
     latent_dim: int = 2
     hidden_dim: int = 500
+    hidden_layers: int = 1
     activation: str = "tanh"
     init: str = "pytorch"
     min_logvar: float = -6.0
     sigmoid_mean: bool = False
+    algorithm: str = "aevb"
     batch_size: int = 100
     epochs: int = 100
     lr: float = 0.01
+    lr_candidates: list | None = None
+    pilot_samples: int = 20_000
+    lr_schedule: str = "constant"
     optimizer: str = "adagrad"
+    adam_eps: float = 1e-8
     weight_decay: float = 0.0
     n_samples: int = 1
     kl: str = "analytic"
     binarize: str = "none"
-    patience: Optional[int] = 3
+    patience: int | None = 3
+    eval_per_decade: int | None = None
+    eval_iw_samples: int | None = None
     seed: int = 0
     device: str = "auto"
-    run_dir: Optional[str] = None
-    train_subset: Optional[int] = None
-    test_subset: Optional[int] = None
-    data_dir: Optional[str] = None
+    run_dir: str | None = None
+    train_subset: int | None = None
+    test_subset: int | None = None
+    data_dir: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
+        if self.lr_candidates is not None:  # a tuple, a numpy array... -> a list of floats (JSON)
+            self.lr_candidates = [float(v) for v in self.lr_candidates]
         for f in dataclasses.fields(self):  # numpy scalars (a sweep over np.arange) -> Python
             value = getattr(self, f.name)
             if isinstance(value, numbers.Integral) and not isinstance(value, bool):
@@ -159,22 +211,53 @@ class TrainConfig:
         check_choice("decoder", self.decoder, DECODERS)
         check_int("latent_dim", self.latent_dim, 1)
         check_int("hidden_dim", self.hidden_dim, 1)
+        check_int("hidden_layers", self.hidden_layers, 1)
         check_choice("activation", self.activation, ACTIVATIONS)
         check_choice("init", self.init, INITS)
         check_float("min_logvar", self.min_logvar, -math.inf, strict=True)
         check_bool("sigmoid_mean", self.sigmoid_mean)
+        check_choice("algorithm", self.algorithm, ALGORITHMS)
         check_int("batch_size", self.batch_size, 1)
         check_int("epochs", self.epochs, 1)
         check_float("lr", self.lr, 0.0, strict=True)
+        if self.lr_candidates is not None:
+            candidates = self.lr_candidates
+            if (
+                isinstance(candidates, (str, bytes))
+                or not hasattr(candidates, "__iter__")
+                or not list(candidates)
+            ):
+                fail("lr_candidates", candidates, "None or a non-empty list of finite step sizes > 0")
+            for value in candidates:
+                try:
+                    check_float("lr_candidates", value, 0.0, strict=True)
+                except ValueError:
+                    fail("lr_candidates", candidates, "None or a non-empty list of finite step sizes > 0")
+        check_int("pilot_samples", self.pilot_samples, 1)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        if self.lr_schedule == "burda" and self.optimizer != "adam":
+            fail("optimizer", self.optimizer, "'adam' with lr_schedule='burda' (Burda et al. used Adam)")
+        if self.lr_schedule == "burda" and self.epochs < BURDA_STAGES:
+            fail(
+                "epochs",
+                self.epochs,
+                f"an integer >= {BURDA_STAGES} with lr_schedule='burda' (one epoch per stage at least)",
+            )
+        check_float("adam_eps", self.adam_eps, 0.0, strict=True)
         check_float("weight_decay", self.weight_decay, 0.0, strict=False)
         check_int("n_samples", self.n_samples, 1)
         check_choice("kl", self.kl, KL_ESTIMATORS)
         check_choice("binarize", self.binarize, BINARIZATIONS)
-        if self.decoder == "gaussian" and self.binarize != "none":
-            fail("binarize", self.binarize, "'none' with decoder='gaussian' (binarisation is for "
-                  "the Bernoulli decoder)")
+        if self.decoder != "bernoulli" and self.binarize != "none":
+            fail(
+                "binarize",
+                self.binarize,
+                f"'none' with decoder={self.decoder!r} (binarisation is for the Bernoulli decoder)",
+            )
         check_int("patience", self.patience, 1, optional=True)
+        check_int("eval_per_decade", self.eval_per_decade, 1, optional=True)
+        check_int("eval_iw_samples", self.eval_iw_samples, 1, optional=True)
         check_int("seed", self.seed, 0, maximum=MAX_SEED)
         check_choice("device", self.device, DEVICES)
         for field in ("run_dir", "data_dir"):
@@ -186,22 +269,75 @@ class TrainConfig:
 
     @property
     def name(self) -> str:
-        """A short name for this configuration, e.g. ``mnist_bernoulli_z2_h500_s0``."""
-        return f"{self.dataset}_{self.decoder}_z{self.latent_dim}_h{self.hidden_dim}_s{self.seed}"
+        """A short name for this configuration, e.g. ``mnist_bernoulli_z2_h500_s0``; two hidden
+        layers read ``h200x2``, wake-sleep adds ``_ws``."""
+        layers = f"x{self.hidden_layers}" if self.hidden_layers != 1 else ""
+        algorithm = "_ws" if self.algorithm == "wake_sleep" else ""
+        return (
+            f"{self.dataset}_{self.decoder}_z{self.latent_dim}_h{self.hidden_dim}{layers}"
+            f"_s{self.seed}{algorithm}"
+        )
 
     @property
     def path(self) -> Path:
         """The run directory as an absolute path."""
-        return resolve_path(self.run_dir)
+        return resolve_path(self.run_dir if self.run_dir is not None else f"runs/{self.name}")
 
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
 
+    def differences(self, saved: dict) -> dict:
+        """``{field: (saved value, this value)}`` for the fields, placement aside, in which a saved
+        ``config.json`` differs from this config; a field the saved file lacks (written before the
+        field existed) counts as its default."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        return {
+            k: (saved.get(k, defaults[k]), v)
+            for k, v in self.to_dict().items()
+            if k not in PLACEMENT_FIELDS and saved.get(k, defaults[k]) != v
+        }
+
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
+    def from_dict(cls, values: dict) -> TrainConfig:
         """Build a config from a dict; an unknown key is a ``ValueError`` naming it."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown TrainConfig field(s) {unknown}: allowed {sorted(known)}")
         return cls(**values)
+
+
+def paper_weight_decay(dataset: str, train_subset: int | None = None) -> float:
+    """The weight decay that stands for the paper's N(0, I) prior on the parameters.
+
+    The objective is the per-datapoint mean of eq. 8's minibatch estimate plus the prior's
+    1/N log p(theta) = -||theta||^2 / (2N) + const, whose gradient is -theta / N: PyTorch's
+    ``weight_decay`` adds ``weight_decay * theta`` to the loss gradient, so it is 1/N with N the
+    number of training images.
+    """
+    check_choice("dataset", dataset, DATASETS)
+    n = TRAIN_SIZES[dataset] if train_subset is None else min(train_subset, TRAIN_SIZES[dataset])
+    return 1.0 / n
+
+
+# ----------------------------------------------------------------------------- analysis options
+
+#: The analysis notebooks' (03-05) own options: name -> (type, minimum, None allowed). The one place
+#: their bounds live: ``python -m vae_utils.study``'s options and the notebooks' validation cells
+#: both check them with :func:`check_analysis_option`.
+ANALYSIS_OPTIONS = {
+    "iw_samples": (int, 1, False),
+    "iw_subset": (int, 1, True),
+    "n_images": (int, 1, False),
+    "grid_size": (int, 2, False),
+}
+
+
+def check_analysis_option(name: str, value: object) -> None:
+    """Check an analysis option against :data:`ANALYSIS_OPTIONS`: ``ValueError`` with the package's
+    message (``grid_size = 1 is invalid: allowed an integer >= 2``), ``KeyError`` for a name that is
+    not an analysis option."""
+    if name not in ANALYSIS_OPTIONS:
+        raise KeyError(f"{name!r} is not an analysis option: allowed {sorted(ANALYSIS_OPTIONS)}")
+    _, minimum, optional = ANALYSIS_OPTIONS[name]
+    check_int(name, value, minimum, optional)

@@ -9,18 +9,19 @@ layout is torchvision's (``MNIST/raw/...``, ``FashionMNIST/raw/...``) plus
 ``FreyFace/frey_rawface.mat``. Nothing is written to that folder unless a download is needed, so
 a read-only copy works.
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any
 
 import torch
 
-from vae_utils.config import (BINARIZATIONS, DATASETS, PROJECT_ROOT, TrainConfig, check_choice,
-                              resolve_path)
+from vae_utils.config import BINARIZATIONS, DATASETS, PROJECT_ROOT, TrainConfig, check_choice, resolve_path
 
 #: Fixed seeds, independent of the training seed, so that every run sees the same data.
 SPLIT_SEED = 0  # Frey Face's train/test split
@@ -29,26 +30,57 @@ EVAL_SEED = 2  # the fixed binarisation used to *evaluate* a ``binarize="dynamic
 FREY_TEST_SIZE = 200
 TRAIN_EVAL_SIZE = 10_000  # training images on which the end-of-epoch train ELBO is evaluated
 
-_IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-        "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_IDX = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 #: The files each dataset needs, relative to the data root, with their MD5 checksums. The idx
 #: files are the uncompressed ones torchvision reads; their ``.gz`` archives are only used when
 #: torchvision downloads.
 EXPECTED_FILES = {
-    "mnist": dict(zip((f"MNIST/raw/{f}" for f in _IDX), (
-        "6bbc9ace898e44ae57da46a324031adb", "a25bea736e30d166cdddb491f175f624",
-        "2646ac647ad5339dbf082846283269ea", "27ae3e4e09519cfbb04c329615203637"))),
-    "fashion_mnist": dict(zip((f"FashionMNIST/raw/{f}" for f in _IDX), (
-        "f4a8712d7a061bf5bd6d2ca38dc4d50a", "9018921c3c673c538a1fc5bad174d6f9",
-        "8181f5470baa50b63fa0f6fddb340f0a", "15d484375f8d13e6eb1aabb0c3f46965"))),
+    "mnist": dict(
+        zip(
+            (f"MNIST/raw/{f}" for f in _IDX),
+            (
+                "6bbc9ace898e44ae57da46a324031adb",
+                "a25bea736e30d166cdddb491f175f624",
+                "2646ac647ad5339dbf082846283269ea",
+                "27ae3e4e09519cfbb04c329615203637",
+            ),
+            strict=True,
+        )
+    ),
+    "fashion_mnist": dict(
+        zip(
+            (f"FashionMNIST/raw/{f}" for f in _IDX),
+            (
+                "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+                "9018921c3c673c538a1fc5bad174d6f9",
+                "8181f5470baa50b63fa0f6fddb340f0a",
+                "15d484375f8d13e6eb1aabb0c3f46965",
+            ),
+            strict=True,
+        )
+    ),
     "frey_face": {"FreyFace/frey_rawface.mat": "5aeb024d42b8a6091f30e5eb18c8a48d"},
 }
 
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-CLASSES = {"mnist": tuple(str(d) for d in range(10)), "fashion_mnist": FASHION_CLASSES,
-           "frey_face": None}
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+CLASSES = {"mnist": tuple(str(d) for d in range(10)), "fashion_mnist": FASHION_CLASSES, "frey_face": None}
 IMAGE_SHAPES = {"mnist": (28, 28), "fashion_mnist": (28, 28), "frey_face": (28, 20)}
 
 
@@ -71,21 +103,24 @@ class Data:
     ``x_test`` and ``x_train_eval`` are what the ELBO is *evaluated* on: for ``binarize="dynamic"``
     they are binarised once with :data:`EVAL_SEED`, while ``x_train`` stays grey and
     :func:`batches` resamples it every time a batch is drawn.
+
+    Loaded with ``train=False`` (the analysis notebooks), only the test split is in memory:
+    ``x_train``, ``y_train`` and ``x_train_eval`` are None.
     """
 
     name: str
-    x_train: torch.Tensor
-    y_train: Optional[torch.Tensor]
+    x_train: torch.Tensor | None
+    y_train: torch.Tensor | None
     x_test: torch.Tensor
-    y_test: Optional[torch.Tensor]
-    x_train_eval: torch.Tensor
+    y_test: torch.Tensor | None
+    x_train_eval: torch.Tensor | None
     image_shape: tuple
-    classes: Optional[tuple]
+    classes: tuple | None
     binarize: str = "none"
 
     @property
     def dim(self) -> int:
-        return self.x_train.shape[1]
+        return self.x_test.shape[1]
 
 
 def data_root(data_dir: str | Path | None = None) -> Path:
@@ -106,15 +141,16 @@ def md5sum(path: Path) -> str:
 
 
 def _where_hint() -> str:
-    return ("Point VAE_DATA_DIR (or the data_dir argument) at a folder in torchvision's layout "
-            f"(currently VAE_DATA_DIR={os.environ.get('VAE_DATA_DIR', '<unset>')!r}).")
+    return (
+        "Point VAE_DATA_DIR (or the data_dir argument) at a folder in torchvision's layout "
+        f"(currently VAE_DATA_DIR={os.environ.get('VAE_DATA_DIR', '<unset>')!r})."
+    )
 
 
-def _torchvision_class(name: str):
+def _torchvision_class(name: str) -> Any:  # a torchvision dataset class (untyped), or None
     import torchvision
 
-    return {"mnist": torchvision.datasets.MNIST,
-            "fashion_mnist": torchvision.datasets.FashionMNIST}.get(name)
+    return {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}.get(name)
 
 
 def ensure_files(name: str, root: Path, download: bool = True) -> None:
@@ -128,7 +164,9 @@ def ensure_files(name: str, root: Path, download: bool = True) -> None:
     missing = [f for f in expected if not (root / f).is_file()]
     cls = _torchvision_class(name)
     if cls is None:
-        reason = "torchvision cannot download it: get frey_rawface.mat from https://cs.nyu.edu/~roweis/data.html"
+        reason = (
+            "torchvision cannot download it: get frey_rawface.mat from https://cs.nyu.edu/~roweis/data.html"
+        )
     elif not download:
         reason = "download disabled"
     elif missing:
@@ -143,34 +181,52 @@ def ensure_files(name: str, root: Path, download: bool = True) -> None:
     if missing:
         raise DatasetNotFoundError(
             f"dataset {name!r} not found in {root}: missing {', '.join(missing)} "
-            f"({reason}). Expected files: {', '.join(expected)}. {_where_hint()}")
+            f"({reason}). Expected files: {', '.join(expected)}. {_where_hint()}"
+        )
     for f, md5 in expected.items():
         actual = md5sum(root / f)
         if actual != md5:
             raise DatasetCorruptError(
                 f"dataset {name!r}: {root / f} is truncated or corrupt (MD5 {actual}, expected "
                 f"{md5}). Replace it with a good copy, or delete it to download it again. "
-                f"{_where_hint()}")
+                f"{_where_hint()}"
+            )
 
 
-def _read(name: str, root: Path):
-    """Raw images (N, H, W) uint8 and labels (N,) or None, for train and test."""
+_Split = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor | None]
+
+
+def _read(name: str, root: Path, train: bool = True) -> _Split:
+    """Raw images (N, H, W) uint8 and labels (N,) or None, for train and test; with ``train=False``
+    the training split is not read and its images and labels are None."""
     if name == "frey_face":
         from scipy.io import loadmat
 
         faces = torch.from_numpy(loadmat(root / "FreyFace/frey_rawface.mat")["ff"].T.copy())
         faces = faces.reshape(-1, *IMAGE_SHAPES[name])
+        # The split is a fixed shuffle of all faces, so all of them are read either way (1.1 MB).
         order = torch.randperm(len(faces), generator=torch.Generator().manual_seed(SPLIT_SEED))
-        test, train = order[:FREY_TEST_SIZE], order[FREY_TEST_SIZE:]
-        return faces[train], None, faces[test], None
+        test, rest = order[:FREY_TEST_SIZE], order[FREY_TEST_SIZE:]
+        return (faces[rest] if train else None), None, faces[test], None
     cls = _torchvision_class(name)
-    train, test = cls(str(root), train=True), cls(str(root), train=False)
-    return train.data, train.targets, test.data, test.targets
+    test = cls(str(root), train=False)
+    if not train:
+        return None, None, test.data, test.targets
+    train_split = cls(str(root), train=True)
+    return train_split.data, train_split.targets, test.data, test.targets
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None, *, binarize: str = "none",
-                 train_subset: Optional[int] = None, test_subset: Optional[int] = None,
-                 device: str | torch.device = "cpu", download: bool = True) -> Data:
+def load_dataset(
+    name: str,
+    data_dir: str | Path | None = None,
+    *,
+    binarize: str = "none",
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+    device: str | torch.device = "cpu",
+    download: bool = True,
+    train: bool = True,
+) -> Data:
     """Load ``"mnist"``, ``"fashion_mnist"`` or ``"frey_face"`` into memory on ``device``.
 
     Frey Face (1965 faces of 28x20) has no official split: its images are shuffled by
@@ -180,36 +236,57 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, binarize: str
     ``train_subset`` / ``test_subset`` keep the first n images. ``binarize`` is ``"none"``,
     ``"static"`` (train and test binarised once, seed :data:`STATIC_SEED`) or ``"dynamic"`` (see
     :class:`Data`).
+
+    ``train=False`` reads and keeps only the test split (for analysing a trained model): the
+    :class:`Data` then has ``x_train``, ``y_train`` and ``x_train_eval`` None, ``train_subset`` is
+    ignored, and ``x_test`` holds exactly the images a full load gives (same split, same
+    binarisation seeds).
     """
     check_choice("dataset", name, DATASETS)
     check_choice("binarize", binarize, BINARIZATIONS)
     root = data_root(data_dir)
     ensure_files(name, root, download)
-    x_train, y_train, x_test, y_test = _read(name, root)
-    x_train, x_test = (x.reshape(len(x), -1).to(device, torch.float32) / 255.0 for x in (x_train, x_test))
-    x_train_eval = x_train[:TRAIN_EVAL_SIZE]
-    # Each split is binarised whole, by a generator of its own, before any subset is taken: a
-    # quick run evaluates on the same binary images as a full one.
+    x_train, y_train, x_test, y_test = _read(name, root, train)
+
+    def scaled(x: torch.Tensor) -> torch.Tensor:  # (N, H, W) uint8 -> (N, D) float32 in [0, 1]
+        return x.reshape(len(x), -1).to(device, torch.float32) / 255.0
+
+    x_train, x_test = (None if x_train is None else scaled(x_train)), scaled(x_test)
+    x_train_eval = None if x_train is None else x_train[:TRAIN_EVAL_SIZE]
+    # Each split is binarised whole, by a generator of its own (split 0 train, 1 test), before any
+    # subset is taken: a quick run evaluates on the same binary images as a full one, and a
+    # test-only load gets the same test images as a full one.
     if binarize == "static":
-        x_train, x_test = (_binarize(x, STATIC_SEED, i) for i, x in enumerate((x_train, x_test)))
-        x_train_eval = x_train[:TRAIN_EVAL_SIZE]
+        x_test = _binarize(x_test, STATIC_SEED, 1)
+        if x_train is not None:
+            x_train = _binarize(x_train, STATIC_SEED, 0)
+            x_train_eval = x_train[:TRAIN_EVAL_SIZE]
     elif binarize == "dynamic":
-        x_train_eval, x_test = (_binarize(x, EVAL_SEED, i) for i, x in enumerate((x_train_eval, x_test)))
-    x_train, x_train_eval, y_train = (None if t is None else t[:train_subset]
-                                      for t in (x_train, x_train_eval, y_train))
-    x_test, y_test = (None if t is None else t[:test_subset] for t in (x_test, y_test))
-    if y_train is not None:
-        y_train, y_test = y_train.to(device), y_test.to(device)
-    return Data(name, x_train, y_train, x_test, y_test, x_train_eval, IMAGE_SHAPES[name],
-                CLASSES[name], binarize)
+        x_test = _binarize(x_test, EVAL_SEED, 1)
+        if x_train_eval is not None:
+            x_train_eval = _binarize(x_train_eval, EVAL_SEED, 0)
+    x_train, x_train_eval, y_train = (
+        None if t is None else t[:train_subset] for t in (x_train, x_train_eval, y_train)
+    )
+    x_test, y_test = x_test[:test_subset], (None if y_test is None else y_test[:test_subset])
+    y_train, y_test = (None if t is None else t.to(device) for t in (y_train, y_test))
+    return Data(
+        name, x_train, y_train, x_test, y_test, x_train_eval, IMAGE_SHAPES[name], CLASSES[name], binarize
+    )
 
 
-def load_config_data(config: TrainConfig, device: str | torch.device = "cpu") -> Data:
+def load_config_data(config: TrainConfig, device: str | torch.device = "cpu", train: bool = True) -> Data:
     """The data a run trains and is evaluated on: ``config``'s dataset, data_dir, binarisation and
-    subsets, on ``device``."""
-    return load_dataset(config.dataset, config.data_dir, binarize=config.binarize,
-                        train_subset=config.train_subset, test_subset=config.test_subset,
-                        device=device)
+    subsets, on ``device``. ``train=False``: only its test split (see :func:`load_dataset`)."""
+    return load_dataset(
+        config.dataset,
+        config.data_dir,
+        binarize=config.binarize,
+        train_subset=config.train_subset,
+        test_subset=config.test_subset,
+        device=device,
+        train=train,
+    )
 
 
 def _binarize(x: torch.Tensor, seed: int, split: int) -> torch.Tensor:
@@ -217,8 +294,9 @@ def _binarize(x: torch.Tensor, seed: int, split: int) -> torch.Tensor:
     return torch.bernoulli(x, generator=torch.Generator(x.device).manual_seed(seed + 1000 * split))
 
 
-def batches(x: torch.Tensor, batch_size: int, generator: torch.Generator,
-            dynamic_binarize: bool = False) -> Iterator[torch.Tensor]:
+def batches(
+    x: torch.Tensor, batch_size: int, generator: torch.Generator, dynamic_binarize: bool = False
+) -> Iterator[torch.Tensor]:
     """Minibatches of ``x`` in a fresh random order: slices of one shuffled index.
 
     With ``dynamic_binarize`` each batch is resampled as Bernoulli(x) on the way out (Burda et al.'s
@@ -226,5 +304,5 @@ def batches(x: torch.Tensor, batch_size: int, generator: torch.Generator,
     """
     order = torch.randperm(len(x), generator=generator, device=x.device)
     for start in range(0, len(x), batch_size):
-        batch = x[order[start:start + batch_size]]
+        batch = x[order[start : start + batch_size]]
         yield torch.bernoulli(batch, generator=generator) if dynamic_binarize else batch

@@ -26,17 +26,25 @@ Gaussian q's are ``torch.distributions.MultivariateNormal``; a diagonal one, the
 built from (mu, log sigma^2) by :func:`diagonal_gaussian`. Work in float64: the identities are
 then checked to ~1e-12.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import pandas as pd
 import torch
 from torch.distributions import MultivariateNormal, kl_divergence
 
-from vae_utils.loss import (ELBO, LOG_2PI, elbo, gaussian_log_density, kl_standard_normal,
-                            reparameterize, standard_normal_log_density)
+from vae_utils.loss import (
+    ELBO,
+    LOG_2PI,
+    Decoder,
+    elbo,
+    gaussian_log_density,
+    kl_standard_normal,
+    reparameterize,
+    standard_normal_log_density,
+)
 
 GRADIENT_ESTIMATORS = ("score_function", "reparam_A", "reparam_B")
 
@@ -53,8 +61,14 @@ class LinearGaussian:
         self.logvar = torch.tensor(2 * math.log(noise_std), dtype=W.dtype)  # log s^2
 
     @classmethod
-    def random(cls, latent_dim: int, data_dim: int, noise_std: float,
-               generator: Optional[torch.Generator] = None, dtype=torch.float64) -> "LinearGaussian":
+    def random(
+        cls,
+        latent_dim: int,
+        data_dim: int,
+        noise_std: float,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float64,
+    ) -> LinearGaussian:
         """W and b drawn from N(0, 1)."""
         W = torch.randn(data_dim, latent_dim, generator=generator, dtype=dtype)
         b = torch.randn(data_dim, generator=generator, dtype=dtype)
@@ -68,7 +82,7 @@ class LinearGaussian:
     def data_dim(self) -> int:
         return self.W.shape[0]
 
-    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n draws x ~ p(x): z ~ p(z), then x ~ p(x|z). Shape (n, D)."""
         z = torch.randn(n, self.latent_dim, generator=generator, dtype=self.W.dtype)
         noise = torch.randn(n, self.data_dim, generator=generator, dtype=self.W.dtype)
@@ -85,7 +99,7 @@ class LinearGaussian:
     def marginal(self) -> MultivariateNormal:
         """p(x) = integral p(x|z) p(z) dz = N(b, W W^T + s^2 I)."""
         eye = torch.eye(self.data_dim, dtype=self.W.dtype)
-        return MultivariateNormal(self.b, self.W @ self.W.T + self.noise_std ** 2 * eye)
+        return MultivariateNormal(self.b, self.W @ self.W.T + self.noise_std**2 * eye)
 
     def log_marginal(self, x: torch.Tensor) -> torch.Tensor:
         """The exact marginal likelihood log p(x), the quantity the ELBO bounds (eq. 1-2)."""
@@ -93,9 +107,9 @@ class LinearGaussian:
 
     def posterior(self, x: torch.Tensor) -> MultivariateNormal:
         """The exact posterior p(z|x) = p(x|z) p(z) / p(x) = N(m, S) (Bayes' rule, both Gaussian)."""
-        precision = torch.eye(self.latent_dim, dtype=self.W.dtype) + self.W.T @ self.W / self.noise_std ** 2
+        precision = torch.eye(self.latent_dim, dtype=self.W.dtype) + self.W.T @ self.W / self.noise_std**2
         S = torch.linalg.inv(precision)
-        m = (x - self.b) @ self.W @ S / self.noise_std ** 2  # S symmetric: (S W^T (x - b))^T
+        m = (x - self.b) @ self.W @ S / self.noise_std**2  # S symmetric: (S W^T (x - b))^T
         return MultivariateNormal(m, S)
 
     def expected_log_likelihood(self, x: torch.Tensor, q: MultivariateNormal) -> torch.Tensor:
@@ -103,12 +117,13 @@ class LinearGaussian:
         -D/2 log(2 pi s^2) - (|x - W mu - b|^2 + tr(W Sigma W^T)) / (2 s^2)."""
         residual = (x - q.loc @ self.W.T - self.b).pow(2).sum(-1)
         trace = (self.W @ q.covariance_matrix @ self.W.T).diagonal(dim1=-2, dim2=-1).sum(-1)
-        return -0.5 * self.data_dim * (LOG_2PI + self.logvar) - 0.5 * (residual + trace) / self.noise_std ** 2
+        return -0.5 * self.data_dim * (LOG_2PI + self.logvar) - 0.5 * (residual + trace) / self.noise_std**2
 
     def prior(self) -> MultivariateNormal:
         """p(z) = N(0, I)."""
-        return MultivariateNormal(torch.zeros(self.latent_dim, dtype=self.W.dtype),
-                                  torch.eye(self.latent_dim, dtype=self.W.dtype))
+        return MultivariateNormal(
+            torch.zeros(self.latent_dim, dtype=self.W.dtype), torch.eye(self.latent_dim, dtype=self.W.dtype)
+        )
 
     def elbo(self, x: torch.Tensor, q: MultivariateNormal) -> torch.Tensor:
         """L(q) = -KL(q || p(z)) + E_q[log p(x|z)] (eq. 3), exactly: no sampling."""
@@ -135,7 +150,7 @@ class FixedQ:
     """A "VAE" whose encoder returns the same q = N(mu, diag sigma^2) for every x, and whose decoder
     is ``decoder`` (e.g. a :class:`LinearGaussian`): the two things ``vae_utils.loss.elbo`` uses."""
 
-    def __init__(self, decoder, mu: torch.Tensor, logvar: torch.Tensor):
+    def __init__(self, decoder: Decoder, mu: torch.Tensor, logvar: torch.Tensor):
         self.decoder, self.mu, self.logvar = decoder, mu, logvar
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,15 +158,23 @@ class FixedQ:
         return self.mu.expand(shape), self.logvar.expand(shape)
 
 
-def monte_carlo_elbo(model: LinearGaussian, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-                     n_samples: int, kl: str, generator: Optional[torch.Generator] = None) -> ELBO:
+def monte_carlo_elbo(
+    model: LinearGaussian,
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    n_samples: int,
+    kl: str,
+    generator: torch.Generator | None = None,
+) -> ELBO:
     """The SGVB estimate of L(q) with L = ``n_samples`` reparameterised samples, computed by
     ``vae_utils.loss.elbo``: ``kl="mc"`` is estimator A (eq. 6), ``kl="analytic"`` estimator B (eq. 7)."""
     return elbo(FixedQ(model, mu, logvar), x, n_samples, kl, generator)
 
 
-def monte_carlo_kl(mu: torch.Tensor, logvar: torch.Tensor, n_samples: int,
-                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def monte_carlo_kl(
+    mu: torch.Tensor, logvar: torch.Tensor, n_samples: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """L single-sample estimates log q(z_l) - log p(z_l), z_l ~ q = N(mu, diag sigma^2): shape (L, ...).
     Their mean estimates KL(q || N(0, I)), the term that estimator A samples and estimator B
     takes in closed form (App. B, ``vae_utils.loss.kl_standard_normal``)."""
@@ -159,8 +182,13 @@ def monte_carlo_kl(mu: torch.Tensor, logvar: torch.Tensor, n_samples: int,
     return gaussian_log_density(z, mu, logvar) - standard_normal_log_density(z)
 
 
-def log_weights(model: LinearGaussian, x: torch.Tensor, q: MultivariateNormal, n_samples: int,
-                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def log_weights(
+    model: LinearGaussian,
+    x: torch.Tensor,
+    q: MultivariateNormal,
+    n_samples: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """L single-sample estimates of estimator A (eq. 6), log p(x, z_l) - log q(z_l), z_l ~ q, for
     any Gaussian q (full covariance too): shape (L, ...). At q = p(z|x) every one equals log p(x)."""
     eps = torch.randn((n_samples, *q.loc.shape), generator=generator, dtype=q.loc.dtype)
@@ -168,23 +196,31 @@ def log_weights(model: LinearGaussian, x: torch.Tensor, q: MultivariateNormal, n
     return model.log_joint(x, z) - q.log_prob(z)
 
 
-def prior_monte_carlo_log_marginal(model: LinearGaussian, x: torch.Tensor, n_samples: int,
-                                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def prior_monte_carlo_log_marginal(
+    model: LinearGaussian, x: torch.Tensor, n_samples: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """The naive estimate log 1/L sum_l p(x|z_l), z_l ~ p(z), of log p(x) = log E_p(z)[p(x|z)]."""
     z = torch.randn(n_samples, model.latent_dim, generator=generator, dtype=model.W.dtype)
     return torch.logsumexp(model.log_prob(x, z), dim=0) - math.log(n_samples)
 
 
-def reparameterize_typo(mu: torch.Tensor, logvar: torch.Tensor, n_samples: int = 1,
-                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def reparameterize_typo(
+    mu: torch.Tensor, logvar: torch.Tensor, n_samples: int = 1, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """z = mu + sigma^2 * eps: the review's typo, kept only to show that its variance is sigma^4.
     Draws the same eps as ``vae_utils.loss.reparameterize`` given an equally seeded generator."""
     eps = torch.randn((n_samples, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
     return mu + torch.exp(logvar) * eps
 
 
-def typo_elbo(model: LinearGaussian, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-              n_samples: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def typo_elbo(
+    model: LinearGaussian,
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    n_samples: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Estimator B (eq. 7) computed with the typo: the analytic KL of N(mu, sigma^2), but the
     reconstruction averaged over z ~ N(mu, sigma^4). It is the ELBO of no q, and not a bound.
     Shapes as for :func:`monte_carlo_elbo`: one estimate per row of x."""
@@ -193,9 +229,16 @@ def typo_elbo(model: LinearGaussian, x: torch.Tensor, mu: torch.Tensor, logvar: 
     return model.log_prob(x, z).mean(0) - kl_standard_normal(mu, logvar).sum(-1)
 
 
-def elbo_gradients(model: LinearGaussian, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-                   estimator: str, n_samples: int, n_repeats: int,
-                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def elbo_gradients(
+    model: LinearGaussian,
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    estimator: str,
+    n_samples: int,
+    n_repeats: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """``n_repeats`` independent estimates of grad_(mu, log sigma^2) L(q), each from L = ``n_samples``
     draws, for q = N(mu, diag sigma^2) and one datapoint x (D,). Returns (n_repeats, 2K): the mu
     gradient then the log sigma^2 gradient.
@@ -226,8 +269,9 @@ def elbo_gradients(model: LinearGaussian, x: torch.Tensor, mu: torch.Tensor, log
     return torch.cat(torch.autograd.grad(objective.sum(), (mu, logvar)), dim=-1)
 
 
-def exact_elbo_gradient(model: LinearGaussian, x: torch.Tensor, mu: torch.Tensor,
-                        logvar: torch.Tensor) -> torch.Tensor:
+def exact_elbo_gradient(
+    model: LinearGaussian, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
+) -> torch.Tensor:
     """grad_(mu, log sigma^2) of the closed-form L(q) (eq. 3): the value the estimators aim at, (2K,)."""
     mu = mu.detach().clone().requires_grad_()
     logvar = logvar.detach().clone().requires_grad_()
@@ -235,9 +279,15 @@ def exact_elbo_gradient(model: LinearGaussian, x: torch.Tensor, mu: torch.Tensor
     return torch.cat(torch.autograd.grad(value, (mu, logvar)))
 
 
-def estimator_spread(model: LinearGaussian, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-                     sample_sizes: list[int], n_repeats: int,
-                     generator: Optional[torch.Generator] = None) -> pd.DataFrame:
+def estimator_spread(
+    model: LinearGaussian,
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    sample_sizes: list[int],
+    n_repeats: int,
+    generator: torch.Generator | None = None,
+) -> pd.DataFrame:
     """Estimators A (eq. 6) and B (eq. 7) of L(q), q = N(mu, diag sigma^2), each drawn ``n_repeats``
     times for every L in ``sample_sizes``: one row per (estimator, L) with their mean and std."""
     xs = x.expand(n_repeats, -1)
@@ -245,14 +295,21 @@ def estimator_spread(model: LinearGaussian, x: torch.Tensor, mu: torch.Tensor, l
     for name, kl in (("A (eq. 6)", "mc"), ("B (eq. 7)", "analytic")):
         for n in sample_sizes:
             estimates = monte_carlo_elbo(model, xs, mu, logvar, n, kl, generator).elbo
-            rows.append({"estimator": name, "L": n, "mean": estimates.mean().item(),
-                         "std": estimates.std().item()})
+            rows.append(
+                {"estimator": name, "L": n, "mean": estimates.mean().item(), "std": estimates.std().item()}
+            )
     return pd.DataFrame(rows)
 
 
-def gradient_variances(model: LinearGaussian, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-                       sample_sizes: list[int], n_repeats: int,
-                       generator: Optional[torch.Generator] = None) -> pd.DataFrame:
+def gradient_variances(
+    model: LinearGaussian,
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    sample_sizes: list[int],
+    n_repeats: int,
+    generator: torch.Generator | None = None,
+) -> pd.DataFrame:
     """Every estimator of :func:`elbo_gradients` at every L, ``n_repeats`` draws each: one row with the
     mean estimate of dL/dmu_1 against its exact value, their difference in standard errors, the
     total variance (the trace of the covariance of the 2K-vector estimate), and its ratio to that
@@ -263,9 +320,16 @@ def gradient_variances(model: LinearGaussian, x: torch.Tensor, mu: torch.Tensor,
         for n in sample_sizes:
             grads = elbo_gradients(model, x, mu, logvar, estimator, n, n_repeats, generator)
             mean, se = grads[:, 0].mean().item(), grads[:, 0].std().item() / math.sqrt(n_repeats)
-            rows.append({"estimator": estimator, "L": n, "mean dL/dmu_1": mean, "exact dL/dmu_1": exact,
-                         "(mean - exact) / s.e.": (mean - exact) / se,
-                         "total variance": grads.var(0).sum().item()})
+            rows.append(
+                {
+                    "estimator": estimator,
+                    "L": n,
+                    "mean dL/dmu_1": mean,
+                    "exact dL/dmu_1": exact,
+                    "(mean - exact) / s.e.": (mean - exact) / se,
+                    "total variance": grads.var(0).sum().item(),
+                }
+            )
     frame = pd.DataFrame(rows)
     reference = frame[frame["estimator"] == "reparam_B"].set_index("L")["total variance"]
     frame["variance / reparam_B's"] = frame["total variance"] / frame["L"].map(reference)
@@ -275,6 +339,7 @@ def gradient_variances(model: LinearGaussian, x: torch.Tensor, mu: torch.Tensor,
 def rounded(frame: pd.DataFrame, digits: int = 4, zero: float = 1e-9) -> pd.DataFrame:
     """Float columns rounded to ``digits`` significant digits, |values| < ``zero`` shown as 0:
     tables whose text is the same on every re-execution (nbval compares it)."""
+
     def round_one(v: float) -> float:
         if not math.isfinite(v) or abs(v) < zero:
             return 0.0 if math.isfinite(v) else v

@@ -4,15 +4,37 @@ Every number is in nats **per datapoint**: log densities are summed over pixels 
 dimensions, then averaged over datapoints (the paper's N/M-scaled minibatch sum, eq. 8, divided
 by N; Adagrad and Adam are invariant to that constant factor).
 """
+
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Protocol
 
 import pandas as pd
 import torch
 
+from vae_utils.progress import progress_bar
+
 LOG_2PI = math.log(2 * math.pi)
+
+#: The gradients an autograd Function's backward returns, one per input (None: not needed).
+_Grads = tuple[torch.Tensor | None, torch.Tensor | None]
+
+
+class Decoder(Protocol):
+    """What the ELBO needs of a decoder: log p(x|z), summed over the last dimension."""
+
+    def log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor: ...
+
+
+class LatentVariableModel(Protocol):
+    """What the ELBO needs of a model: q(z|x)'s mean and log-variance, and a :class:`Decoder`. A
+    :class:`vae_utils.model.VAE`, or :class:`vae_utils.linear_gaussian.FixedQ` (an exact model)."""
+
+    @property
+    def decoder(self) -> Decoder: ...
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class _BernoulliLogLikelihood(torch.autograd.Function):
@@ -26,17 +48,41 @@ class _BernoulliLogLikelihood(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, x):
+    def forward(ctx: Any, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(logits, x)
         return (x * logits - logits.clamp(min=0) + torch.sigmoid(logits.abs()).log()).sum(-1)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> _Grads:
         logits, x = ctx.saved_tensors
         grad = grad.unsqueeze(-1)
         grad_logits = grad * (x - torch.sigmoid(logits)) if ctx.needs_input_grad[0] else None
         grad_x = grad * logits if ctx.needs_input_grad[1] else None
         return grad_logits, grad_x
+
+
+class _Softplus(torch.autograd.Function):
+    """softplus(y) = log(1 + e^y) = relu(y) - log sigmoid(|y|), with the gradient sigmoid(y).
+
+    The same identity as :class:`_BernoulliLogLikelihood`, for the same reason: PyTorch's CPU
+    ``softplus`` kernel costs ~1.8 ms on a 100 x 560 batch, ``sigmoid`` and ``log`` ~0.4 ms. It bounds
+    the Gaussian decoder's log-variance on every training step.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, y: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(y)
+        return y.clamp(min=0) - torch.sigmoid(y.abs()).log()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return grad * torch.sigmoid(y)
+
+
+def softplus(y: torch.Tensor) -> torch.Tensor:
+    """log(1 + e^y), elementwise, stable for any y; equals ``torch.nn.functional.softplus``."""
+    return _Softplus.apply(y)
 
 
 def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -69,8 +115,9 @@ def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + torch.exp(logvar) - 1.0 - logvar)
 
 
-def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, n_samples: int = 1,
-                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def reparameterize(
+    mu: torch.Tensor, logvar: torch.Tensor, n_samples: int = 1, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """z = mu + sigma * eps, eps ~ N(0, I) (paper section 2.4): (L, ..., N_z) with L = n_samples.
 
     sigma = exp(log sigma^2 / 2) is a standard deviation; multiplying eps by sigma^2 instead would
@@ -97,8 +144,13 @@ class ELBO(NamedTuple):
         return pd.DataFrame({name: t.detach().double().cpu().numpy() for name, t in self._asdict().items()})
 
 
-def elbo(model, x: torch.Tensor, n_samples: int = 1, kl: str = "analytic",
-         generator: Optional[torch.Generator] = None) -> ELBO:
+def elbo(
+    model: LatentVariableModel,
+    x: torch.Tensor,
+    n_samples: int = 1,
+    kl: str = "analytic",
+    generator: torch.Generator | None = None,
+) -> ELBO:
     """The SGVB estimate of the lower bound L(theta, phi; x) for each datapoint in ``x`` (B, D).
 
     ``kl="analytic"``: estimator B (eq. 7, 10): -KL(q(z|x) || p(z)) in closed form plus
@@ -119,21 +171,35 @@ def elbo(model, x: torch.Tensor, n_samples: int = 1, kl: str = "analytic",
 
 
 @torch.no_grad()
-def per_datapoint_elbo(model, x: torch.Tensor, n_samples: int = 1, kl: str = "analytic",
-                       seed: int = 0, batch_size: int = 1000) -> ELBO:
+def per_datapoint_elbo(
+    model: LatentVariableModel,
+    x: torch.Tensor,
+    n_samples: int = 1,
+    kl: str = "analytic",
+    seed: int = 0,
+    batch_size: int = 1000,
+) -> ELBO:
     """:func:`elbo` for every row of ``x`` (N, D), in batches, without gradients: (N,) terms.
 
     z is *sampled* (a deterministic z = mu would not be the ELBO), from a generator seeded with
     ``seed``, so that the same model and data always give the same numbers.
     """
     generator = torch.Generator(x.device).manual_seed(seed)
-    parts = [elbo(model, x[start:start + batch_size], n_samples, kl, generator)
-             for start in range(0, len(x), batch_size)]
-    return ELBO(*(torch.cat(terms) for terms in zip(*parts)))
+    parts = [
+        elbo(model, x[start : start + batch_size], n_samples, kl, generator)
+        for start in range(0, len(x), batch_size)
+    ]
+    return ELBO(*(torch.cat(terms) for terms in zip(*parts, strict=True)))
 
 
-def evaluate(model, x: torch.Tensor, n_samples: int = 1, kl: str = "analytic",
-             seed: int = 0, batch_size: int = 1000) -> dict:
+def evaluate(
+    model: LatentVariableModel,
+    x: torch.Tensor,
+    n_samples: int = 1,
+    kl: str = "analytic",
+    seed: int = 0,
+    batch_size: int = 1000,
+) -> dict[str, float]:
     """The ELBO and its terms averaged over all of ``x``, nats per datapoint, as floats
     (the means of :func:`per_datapoint_elbo`, summed in float64)."""
     terms = per_datapoint_elbo(model, x, n_samples, kl, seed, batch_size)
@@ -141,19 +207,24 @@ def evaluate(model, x: torch.Tensor, n_samples: int = 1, kl: str = "analytic",
 
 
 @torch.no_grad()
-def log_weights(model, x: torch.Tensor, k: int,
-                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def log_weights(
+    model: LatentVariableModel, x: torch.Tensor, k: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x) for z_k ~ q(z|x): shape (k, B)."""
     mu, logvar = model.encode(x)
     z = reparameterize(mu, logvar, k, generator)
-    return (model.decoder.log_prob(x, z) + standard_normal_log_density(z)
-            - gaussian_log_density(z, mu, logvar))
+    return model.decoder.log_prob(x, z) + standard_normal_log_density(z) - gaussian_log_density(z, mu, logvar)
 
 
 @torch.no_grad()
-def importance_weighted_log_likelihood(model, x: torch.Tensor, k: int = 5000, seed: int = 0,
-                                       max_elements: Optional[int] = None,
-                                       progress: bool = True) -> torch.Tensor:
+def importance_weighted_log_likelihood(
+    model: LatentVariableModel,
+    x: torch.Tensor,
+    k: int = 5000,
+    seed: int = 0,
+    max_elements: int | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
     """log p(x) ~ logsumexp_k [log p(x, z_k) - log q(z_k|x)] - log k (Burda et al. 2015, eq. 8).
 
     Returns the (N,) per-datapoint estimates. In expectation it is a lower bound on log p(x) that
@@ -163,8 +234,6 @@ def importance_weighted_log_likelihood(model, x: torch.Tensor, k: int = 5000, se
     MNIST's 10,000 test images then takes about 6 minutes on 2 cores) and 2^26 on a GPU, keeps
     memory to tens or hundreds of MB.
     """
-    from vae_utils.training import progress_bar
-
     generator = torch.Generator(x.device).manual_seed(seed)
     if max_elements is None:
         max_elements = 1 << 21 if x.device.type == "cpu" else 1 << 26
@@ -173,25 +242,224 @@ def importance_weighted_log_likelihood(model, x: torch.Tensor, k: int = 5000, se
     out = torch.empty(len(x), dtype=torch.float64, device=x.device)
     starts = range(0, len(x), batch)
     for start in progress_bar(starts, progress, desc=f"log p(x), k={k}", unit="batch"):
-        xb = x[start:start + batch]
+        xb = x[start : start + batch]
         running = torch.full((len(xb),), -math.inf, dtype=torch.float64, device=x.device)
         for done in range(0, k, chunk):
             w = log_weights(model, xb, min(chunk, k - done), generator).double()
             running = torch.logaddexp(running, torch.logsumexp(w, dim=0))
-        out[start:start + len(xb)] = running - math.log(k)
+        out[start : start + len(xb)] = running - math.log(k)
     return out
 
 
 @torch.no_grad()
-def posterior_statistics(model, x: torch.Tensor, batch_size: int = 1000) -> dict:
+def posterior_statistics(
+    model: LatentVariableModel, x: torch.Tensor, batch_size: int = 1000
+) -> dict[str, torch.Tensor]:
     """The posterior means ``mu`` = E_q[z|x] (N, N_z) and, per latent dimension, the average
     ``kl`` = KL(q(z_d|x) || p(z_d)) over ``x`` and the ``activity`` Var_x(E_q[z_d|x]). A unit is
     ``active`` when its activity exceeds 0.01 (Burda et al. 2015)."""
     mus, kls = [], []
     for start in range(0, len(x), batch_size):
-        mu, logvar = model.encode(x[start:start + batch_size])
+        mu, logvar = model.encode(x[start : start + batch_size])
         mus.append(mu)
         kls.append(kl_standard_normal(mu, logvar))
     mu = torch.cat(mus)
     activity = mu.var(0)
     return {"mu": mu, "kl": torch.cat(kls).mean(0), "activity": activity, "active": activity > 0.01}
+
+
+# ============================================================================ continuous Bernoulli
+# The continuous Bernoulli (Loaiza-Ganem & Cunningham, NeurIPS 2019, arXiv:1907.06845), from logits.
+#
+# p(x|lambda) = C(lambda) lambda^x (1 - lambda)^(1 - x), a density on x in [0, 1], with the
+# paper's normaliser C(lambda) = 2 artanh(1 - 2 lambda) / (1 - 2 lambda), C(1/2) = 2. With
+# lambda = sigmoid(l), 1 - 2 lambda = -tanh(l/2) and artanh(1 - 2 lambda) = -l/2, so
+# C = l / tanh(l/2), even in l, 2 at l = 0. It is the exponential family p(x|l) = exp(x l - A(l)),
+#     A(l) = log int_0^1 e^(l x) dx = log((e^l - 1) / l) = softplus(l) - log C(l),
+# whose derivative is the mean, A'(l) = E[x] = 1 / (1 - e^-l) - 1 / l; so d log p / dl = x - E[x]
+# and d log C / dl = sigmoid(l) - E[x].
+#
+# Everything is computed from l, never from a clamped lambda: that keeps it right for |l| beyond
+# ~36 in float64 (~16 in float32), where torch.distributions.ContinuousBernoulli clamps lambda to
+# [eps, 1 - eps] and its log density and mean go wrong. With a = |l|:
+#     log C = log(a / tanh(a/2)),   A(l) - relu(l) = -log(sigmoid(a) a / tanh(a/2)).
+# Each factor is relatively exact (~1 ulp) for every a > 0, tiny or huge (tanh(a/2) is exactly 1
+# for large a, where log C = log a to within e^-a), so these need no series near l = 0: they are
+# within ~2 ulp of a high-precision reference for all l. At l = 0 (the 0/0 of the formulas), a is
+# shifted by sqrt(tiny) (1e-19 in float32, 1e-154 in float64), where tanh(a/2) = a/2 exactly; the
+# shift moves the results by 1e-19 at most. The log density, log C and the mean, evaluated on
+# every training step, avoid expm1 and log1p (on a CPU their kernels are 5-7x slower than those of
+# tanh, sigmoid, exp and log) and torch.where and bool masks (each costs 5-15 arithmetic kernels).
+# Logits must be finite (+-inf give NaN, as 0 * inf does).
+# Only the mean cancels near 0 (1 / (1 - e^-l) - 1 / l, absolute error ~2 eps / l^2 as written
+# below), so it switches to its Taylor series there; the gradients go through the mean.
+
+# E[x] = 1/2 + sum_k c_k l^(2k-1), c_k = B_2k / (2k)! (Bernoulli numbers B_n, from
+# 1 / (e^l - 1) = sum_n B_n l^(n-1) / n!), convergent for |l| < 2 pi; the tests check the
+# coefficients below against the Bernoulli numbers. Python's int / int is correctly rounded.
+_CB_MEAN_TAYLOR = (
+    1 / 12,
+    -1 / 720,
+    1 / 30240,
+    -1 / 1209600,
+    1 / 47900160,
+    -691 / 1307674368000,
+    1 / 74724249600,
+    -3617 / 10670622842880000,
+    43867 / 5109094217170944000,
+    -174611 / 802857662698291200000,
+    77683 / 14101100039391805440000,
+)
+
+
+def _cb_mean_series(dtype: torch.dtype) -> tuple[int, float]:
+    """(n, t): :func:`continuous_bernoulli_mean` sums n terms of its series where |l| <= t.
+
+    t is where the term c_m l^(2m-1) after the first m terms reaches ``eps``, capped at 2, with m
+    the fewest terms that put t at 1 or beyond (the direct formula's error, ~2 eps / l^2, is then
+    a few ulp at most). One more term is summed, n = m + 1, so that the series' derivative (the
+    variance, in second derivatives) is within a few ulp at t too, not (2m + 1) / t ulp off.
+    float32: 5 terms, t = 1.21; float64: 10 terms, t = 1.00.
+    """
+    eps = torch.finfo(dtype).eps
+    for m in range(1, len(_CB_MEAN_TAYLOR) - 1):
+        t = (eps / abs(_CB_MEAN_TAYLOR[m])) ** (1 / (2 * m + 1))
+        if t >= 1.0:
+            break
+    return m + 1, min(t, 2.0)
+
+
+def _cb_const(value: float, like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(value, dtype=like.dtype, device=like.device)
+
+
+def continuous_bernoulli_mean(logits: torch.Tensor) -> torch.Tensor:
+    """E[x] of the continuous Bernoulli CB(lambda = sigmoid(logits)), elementwise, differentiable.
+
+    lambda / (2 lambda - 1) + 1 / (2 artanh(1 - 2 lambda)) in the paper's parameter (Loaiza-Ganem &
+    Cunningham 2019); in the logit l it is 1 / (1 - e^-l) - 1 / l, computed as
+    sigmoid(l) / (2 sigmoid(l) - 1) - 1 / l. It is *not* lambda: it lies between 1/2 and lambda.
+    For |l| <= t the series 1/2 + l/12 - l^3/720 + l^5/30240 - ... is used instead (5 terms for
+    |l| <= 1.21 in float32, 10 for |l| <= 1.00 in float64; :func:`_cb_mean_series`), exactly 1/2
+    at l = 0. Within a few ulp of the exact value everywhere; 1 - 1/l as l -> +inf, 1/|l| (-> 0) as
+    l -> -inf.
+
+    Each branch only sees inputs where it is finite (the direct formula is fed |l| >= t, the
+    series |l| <= t), so the gradient is finite everywhere, at l = 0 included.
+    """
+    n_terms, t = _cb_mean_series(logits.dtype)
+    a = logits.abs()
+    # No torch.where, heaviside or bool mask (on a CPU each costs as much as ten arithmetic
+    # kernels): the series' weight sign(t - |l|) + 1, clamped to 1, is exactly 1 where |l| <= t
+    # and 0 elsewhere, and lerp returns one branch exactly at those weights. Each branch is fed a
+    # safe stand-in where it is not used.
+    series_weight = torch.sign(torch.rsub(a.detach(), t)).add_(1).clamp_(max=1)
+    direct_l = torch.copysign(a.clamp(min=t), logits)  # l where |l| > t, else +-t
+    sig = torch.sigmoid(direct_l)
+    direct = sig / (2 * sig - 1) - direct_l.reciprocal()
+    series_l = logits * series_weight  # l where |l| <= t, else 0
+    s = series_l * series_l
+    *coefs, last = (_cb_const(c, logits) for c in _CB_MEAN_TAYLOR[:n_terms])
+    poly = last  # Horner in s = l^2, one fused multiply-add kernel per term
+    for c in reversed(coefs):
+        poly = torch.addcmul(c, poly, s)
+    series = torch.addcmul(_cb_const(0.5, logits), poly, series_l)
+    return torch.lerp(direct, series, series_weight)
+
+
+def _cb_abs_shifted(logits: torch.Tensor) -> torch.Tensor:
+    """|l| + sqrt(tiny): never 0, and tanh(a/2) = a/2 exactly at l = 0 (see the section comment)."""
+    return logits.abs().add_(torch.finfo(logits.dtype).tiny ** 0.5)
+
+
+class _ContinuousBernoulliLogLikelihood(torch.autograd.Function):
+    """sum_i [x_i l_i - A(l_i)] over the last dimension; the gradient is x - E[x] (and l for x)."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(logits, x)
+        a = _cb_abs_shifted(logits)
+        # x l - A(l) = -([relu(l) - x l] - log(sigmoid(a) a / tanh(a/2))); the bracket first, so
+        # that it is exactly 0 for x = 1, l > 0 and for x = 0, l < 0, however large |l| is.
+        log_term = torch.tanh(a * 0.5).reciprocal_().mul_(a).mul_(torch.sigmoid(a)).log_()
+        return torch.addcmul(logits.clamp(min=0), x, logits, value=-1).sub_(log_term).sum(-1).neg_()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> _Grads:
+        logits, x = ctx.saved_tensors
+        grad = grad.unsqueeze(-1)
+        needs_logits, needs_x = ctx.needs_input_grad
+        grad_logits = grad * (x - continuous_bernoulli_mean(logits)) if needs_logits else None
+        grad_x = grad * logits if needs_x else None
+        return grad_logits, grad_x
+
+
+class _ContinuousBernoulliLogNorm(torch.autograd.Function):
+    """log C(l) = log(a / tanh(a/2)), a = |l|, elementwise; the gradient is sigmoid(l) - E[x]."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(logits)
+        a = _cb_abs_shifted(logits)
+        return torch.tanh(a * 0.5).reciprocal_().mul_(a).log_()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (logits,) = ctx.saved_tensors
+        return grad * (torch.sigmoid(logits) - continuous_bernoulli_mean(logits))
+
+
+def continuous_bernoulli_log_norm(logits: torch.Tensor) -> torch.Tensor:
+    """log C(lambda), lambda = sigmoid(logits), elementwise: the continuous Bernoulli's log
+    normaliser C(lambda) = 2 artanh(1 - 2 lambda) / (1 - 2 lambda), C(1/2) = 2 (the normaliser in
+    Loaiza-Ganem & Cunningham's definition of the density, NeurIPS 2019).
+
+    In the logit l, C = l / tanh(l/2), computed as log(a / tanh(a/2)), a = |l|, with no clamping of
+    lambda: within ~2 ulp of the exact value for every l (log 2 at l = 0, log 2 + l^2/12 -
+    7 l^4/1440 + ... near it, log|l| + 2 e^-|l| for large |l|). Differentiable: the gradient,
+    sigmoid(l) - E[x], is finite everywhere and 0 at l = 0.
+    """
+    return _ContinuousBernoulliLogNorm.apply(logits)
+
+
+def continuous_bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log p(x|z) = sum_i log C(lambda_i) + x_i log lambda_i + (1 - x_i) log(1 - lambda_i),
+    lambda = sigmoid(logits), summed over the last dimension: the continuous Bernoulli
+    (Loaiza-Ganem & Cunningham 2019, C(lambda) as in :func:`continuous_bernoulli_log_norm`), x in
+    [0, 1] broadcast to the logits' shape.
+
+    A normalised density on [0, 1]^D: its nats are comparable with the Gaussian decoder's log
+    density of the same data, *not* with the grey-level Bernoulli cross-entropy
+    (:func:`bernoulli_log_likelihood`, not a density of grey-level x). It can be positive.
+
+    Computed per pixel as x l - A(l), A(l) = log((e^l - 1) / l), in one fused pass, exact (~2 ulp)
+    for any l, l = 0 and |l| in the hundreds included. The gradient, x - E[x]
+    (:func:`continuous_bernoulli_mean`), is built from differentiable ops, so second derivatives
+    work too.
+    """
+    x = x.expand_as(logits)
+    return _ContinuousBernoulliLogLikelihood.apply(logits, x)
+
+
+@torch.no_grad()
+def continuous_bernoulli_sample(
+    logits: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """x ~ CB(sigmoid(logits)) elementwise, by the inverse CDF; detached (no gradient).
+
+    The CDF is F(x) = (e^(l x) - 1) / (e^l - 1), so F^-1(u) = log1p(u expm1(l)) / l, and u at
+    l = 0. Evaluated for a = -|l| <= 0, where nothing overflows, and reflected for l > 0
+    (X ~ CB(l) iff 1 - X ~ CB(-l)), with u -> 1 - u so that x stays the monotone F_l^-1(u):
+    log1p(v expm1(a)) / a for |a| < 1 and log(w + v e^a) / a beyond, w = 1 - v taken from the
+    uniform draw itself (u or 1 - u, never 1 - (1 - u)) so that it is exact near v = 1. Within a
+    few ulp for any l. One uniform draw per element, from ``generator``. Written for clarity
+    (expm1, log1p, torch.where): about 2 ms for 100 x 784 on one CPU core.
+    """
+    u = torch.rand(logits.shape, generator=generator, dtype=logits.dtype, device=logits.device)
+    positive = logits > 0
+    a = -logits.abs()
+    v, w = torch.where(positive, 1 - u, u), torch.where(positive, u, 1 - u)
+    near = torch.log1p(v * torch.expm1(a)) / a
+    far = torch.log(torch.addcmul(w, v, torch.exp(a))) / a
+    y = torch.where(a > -1, torch.where(a == 0, v, near), far)
+    return torch.where(positive, 1 - y, y).clamp_(0, 1)

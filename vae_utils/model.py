@@ -3,20 +3,25 @@
 Paper equations referred to below: eq. 11 (Bernoulli MLP decoder), eq. 12 (Gaussian MLP, used as
 the encoder and as the Frey Face decoder). The prior is p(z) = N(0, I).
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 import torch
 from torch import nn
 
+from vae_utils import loss
 from vae_utils.config import TrainConfig
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 
-def mlp(n_in: int, n_hidden: int, n_out: int, activation: str) -> nn.Sequential:
-    """Linear -> activation -> Linear: the one-hidden-layer MLP of the paper's App. C."""
-    return nn.Sequential(nn.Linear(n_in, n_hidden), ACTIVATIONS[activation](), nn.Linear(n_hidden, n_out))
+def mlp(n_in: int, n_hidden: int, n_out: int, activation: str, layers: int = 1) -> nn.Sequential:
+    """Linear -> activation, ``layers`` times, then Linear: with ``layers=1`` the one-hidden-layer MLP
+    of the paper's App. C; Burda et al.'s VAE has two."""
+    modules: list[nn.Module] = []
+    for i in range(layers):
+        modules += [nn.Linear(n_in if i == 0 else n_hidden, n_hidden), ACTIVATIONS[activation]()]
+    return nn.Sequential(*modules, nn.Linear(n_hidden, n_out))
 
 
 class GaussianEncoder(nn.Module):
@@ -25,9 +30,11 @@ class GaussianEncoder(nn.Module):
     Both heads come out of one output layer of size 2 N_z: one matrix multiply instead of two.
     """
 
-    def __init__(self, data_dim: int, hidden_dim: int, latent_dim: int, activation: str = "tanh"):
+    def __init__(
+        self, data_dim: int, hidden_dim: int, latent_dim: int, activation: str = "tanh", layers: int = 1
+    ):
         super().__init__()
-        self.net = mlp(data_dim, hidden_dim, 2 * latent_dim, activation)
+        self.net = mlp(data_dim, hidden_dim, 2 * latent_dim, activation, layers)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (mu, log sigma^2), each (..., N_z)."""
@@ -42,9 +49,11 @@ class BernoulliDecoder(nn.Module):
     and accurate for saturated pixels.
     """
 
-    def __init__(self, latent_dim: int, hidden_dim: int, data_dim: int, activation: str = "tanh"):
+    def __init__(
+        self, latent_dim: int, hidden_dim: int, data_dim: int, activation: str = "tanh", layers: int = 1
+    ):
         super().__init__()
-        self.net = mlp(latent_dim, hidden_dim, data_dim, activation)
+        self.net = mlp(latent_dim, hidden_dim, data_dim, activation, layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """The logits of y, (..., D)."""
@@ -52,15 +61,37 @@ class BernoulliDecoder(nn.Module):
 
     def log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """log p(x|z) summed over pixels, (...,)."""
-        from vae_utils.loss import bernoulli_log_likelihood
-
-        return bernoulli_log_likelihood(self(z), x)
+        return loss.bernoulli_log_likelihood(self(z), x)
 
     def mean(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self(z))
 
     def sample(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return torch.bernoulli(self.mean(z), generator=generator)
+        """Binary x ~ p(x|z), drawn as u < y with u ~ U(0, 1). Unlike ``torch.bernoulli`` this does
+        not raise on a NaN y, so that a diverged decoder in wake-sleep's sleep phase is reported by
+        the training loop's NaN check (TrainingDiverged) rather than as a crash."""
+        y = self.mean(z)
+        u = torch.rand(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+        return (u < y).to(y.dtype)
+
+
+class ContinuousBernoulliDecoder(BernoulliDecoder):
+    """p_theta(x|z) = prod_i CB(x_i; lambda_i), lambda = sigmoid(MLP(z)): the continuous Bernoulli
+    (Loaiza-Ganem & Cunningham 2019), a normalised density on [0, 1] for grey-level pixels.
+
+    The same network as :class:`BernoulliDecoder`; the log density adds the normaliser log C(lambda)
+    to the Bernoulli cross-entropy. Its mean is *not* lambda (see
+    :func:`vae_utils.loss.continuous_bernoulli_mean`): reconstructions and manifolds show the mean.
+    """
+
+    def log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return loss.continuous_bernoulli_log_likelihood(self(z), x)
+
+    def mean(self, z: torch.Tensor) -> torch.Tensor:
+        return loss.continuous_bernoulli_mean(self(z))
+
+    def sample(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return loss.continuous_bernoulli_sample(self(z), generator)
 
 
 class GaussianDecoder(nn.Module):
@@ -76,10 +107,18 @@ class GaussianDecoder(nn.Module):
       approach the paper's unbounded form.
     """
 
-    def __init__(self, latent_dim: int, hidden_dim: int, data_dim: int, activation: str = "tanh",
-                 min_logvar: float = -6.0, sigmoid_mean: bool = False):
+    def __init__(
+        self,
+        latent_dim: int,
+        hidden_dim: int,
+        data_dim: int,
+        activation: str = "tanh",
+        min_logvar: float = -6.0,
+        sigmoid_mean: bool = False,
+        layers: int = 1,
+    ):
         super().__init__()
-        self.net = mlp(latent_dim, hidden_dim, 2 * data_dim, activation)
+        self.net = mlp(latent_dim, hidden_dim, 2 * data_dim, activation, layers)
         self.min_logvar = min_logvar
         self.sigmoid_mean = sigmoid_mean
 
@@ -88,48 +127,73 @@ class GaussianDecoder(nn.Module):
         mu, raw = self.net(z).chunk(2, dim=-1)
         if self.sigmoid_mean:
             mu = torch.sigmoid(mu)
-        logvar = self.min_logvar + nn.functional.softplus(raw - self.min_logvar)
+        logvar = self.min_logvar + loss.softplus(raw - self.min_logvar)
         return mu, logvar
 
     def log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        from vae_utils.loss import gaussian_log_density
-
-        return gaussian_log_density(x, *self(z))
+        return loss.gaussian_log_density(x, *self(z))
 
     def mean(self, z: torch.Tensor) -> torch.Tensor:
         return self(z)[0]
 
     def sample(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         mu, logvar = self(z)
-        return mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator,
-                                                          device=mu.device, dtype=mu.dtype)
+        return mu + torch.exp(0.5 * logvar) * torch.randn(
+            mu.shape, generator=generator, device=mu.device, dtype=mu.dtype
+        )
 
 
 class VAE(nn.Module):
     """Encoder q_phi(z|x), decoder p_theta(x|z) and the prior p(z) = N(0, I)."""
 
-    def __init__(self, data_dim: int, hidden_dim: int = 500, latent_dim: int = 2,
-                 decoder: str = "bernoulli", activation: str = "tanh", init: str = "pytorch",
-                 min_logvar: float = -6.0, sigmoid_mean: bool = False):
+    def __init__(
+        self,
+        data_dim: int,
+        hidden_dim: int = 500,
+        latent_dim: int = 2,
+        decoder: str = "bernoulli",
+        activation: str = "tanh",
+        init: str = "pytorch",
+        min_logvar: float = -6.0,
+        sigmoid_mean: bool = False,
+        hidden_layers: int = 1,
+    ):
         super().__init__()
         self.data_dim, self.latent_dim = data_dim, latent_dim
-        self.encoder = GaussianEncoder(data_dim, hidden_dim, latent_dim, activation)
+        self.encoder = GaussianEncoder(data_dim, hidden_dim, latent_dim, activation, hidden_layers)
+        self.decoder: BernoulliDecoder | GaussianDecoder
         if decoder == "bernoulli":
-            self.decoder = BernoulliDecoder(latent_dim, hidden_dim, data_dim, activation)
+            self.decoder = BernoulliDecoder(latent_dim, hidden_dim, data_dim, activation, hidden_layers)
+        elif decoder == "continuous_bernoulli":
+            self.decoder = ContinuousBernoulliDecoder(
+                latent_dim, hidden_dim, data_dim, activation, hidden_layers
+            )
         elif decoder == "gaussian":
-            self.decoder = GaussianDecoder(latent_dim, hidden_dim, data_dim, activation,
-                                           min_logvar, sigmoid_mean)
+            self.decoder = GaussianDecoder(
+                latent_dim, hidden_dim, data_dim, activation, min_logvar, sigmoid_mean, hidden_layers
+            )
         else:
-            raise ValueError(f"decoder = {decoder!r} is invalid: allowed 'bernoulli' or 'gaussian'")
+            raise ValueError(
+                f"decoder = {decoder!r} is invalid: allowed 'bernoulli', 'continuous_bernoulli' or 'gaussian'"
+            )
         if init == "paper":
             paper_init_(self)
         elif init != "pytorch":
             raise ValueError(f"init = {init!r} is invalid: allowed 'pytorch' or 'paper'")
 
     @classmethod
-    def from_config(cls, config: TrainConfig, data_dim: int) -> "VAE":
-        return cls(data_dim, config.hidden_dim, config.latent_dim, config.decoder,
-                   config.activation, config.init, config.min_logvar, config.sigmoid_mean)
+    def from_config(cls, config: TrainConfig, data_dim: int) -> VAE:
+        return cls(
+            data_dim,
+            config.hidden_dim,
+            config.latent_dim,
+            config.decoder,
+            config.activation,
+            config.init,
+            config.min_logvar,
+            config.sigmoid_mean,
+            config.hidden_layers,
+        )
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu, log sigma^2) of q(z|x)."""
@@ -158,4 +222,3 @@ def paper_init_(model: nn.Module, std: float = 0.01) -> None:
     """Draw every parameter from N(0, std^2), the paper's "N(0, 0.01)" read as a standard deviation."""
     for p in model.parameters():
         p.normal_(0.0, std)
-

@@ -29,16 +29,17 @@ Each notebook receives only the parameters of its contract (:data:`CONTRACT`) th
 ``parameters`` cell declares (``papermill.inspect_notebook``); an explicit option that a notebook
 does not declare is an error rather than a silently ignored value.
 
-nbval's references: :data:`CI_PARAMETERS` is the one place where the small CI configuration lives;
-``--references`` executes every notebook with it into ``tests/notebooks/``, where ``pytest --nbval``
-re-executes and compares them.
+nbval's references: :data:`CI_REFERENCE_SETS` is the one place where the small CI configurations
+live (MNIST with the Bernoulli decoder and N_z = 2; Frey Face with the Gaussian decoder and N_z = 5);
+``--references`` executes each set's notebooks into its folder (``tests/notebooks/``,
+``tests/notebooks/frey/``), where ``pytest --nbval`` re-executes and compares them.
 """
+
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import datetime
-import html
 import json
 import os
 import re
@@ -46,14 +47,22 @@ import shutil
 import sys
 import time
 import typing
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
-from typing import Optional
+from typing import Any, TextIO
 
 from vae_utils import config as _config
-from vae_utils.config import PROJECT_ROOT, TrainConfig, check_int
-from vae_utils.training import existing_run_files
+from vae_utils.config import ANALYSIS_OPTIONS, PROJECT_ROOT, TrainConfig, check_analysis_option
+from vae_utils.reports import (
+    export_html,  # noqa: F401 (re-exported: study.export_html is public)
+    finalize_report,
+    write_index,
+)
+from vae_utils.runfiles import existing_run_files
 
 NOTEBOOKS = ("01_derivation", "02_train", "03_loss_curves", "04_reconstruction", "05_latent_manifold")
+#: Every notebook of the project: a study runs NOTEBOOKS; the sweeps' presets end with 06 and 07.
+ALL_NOTEBOOKS = NOTEBOOKS + ("06_figure2", "07_likelihoods")
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 REPORTS_DIR = PROJECT_ROOT / "reports"
 REFERENCES_DIR = PROJECT_ROOT / "tests" / "notebooks"
@@ -68,25 +77,128 @@ CONTRACT = {
     "04_reconstruction": ("run_dir", "n_images", "seed"),
     "05_latent_manifold": ("run_dir", "grid_size", "seed"),
 }
-#: The analysis notebooks' own options: name -> (type, minimum, None allowed).
-ANALYSIS_OPTIONS = {"iw_samples": (int, 1, False), "iw_subset": (int, 1, True),
-                    "n_images": (int, 1, False), "grid_size": (int, 2, False)}
+# The analysis notebooks' own options (name -> (type, minimum, None allowed)) are
+# ``vae_utils.config.ANALYSIS_OPTIONS``, imported above, which the notebooks check too.
 
 #: ``--quick``: small enough to finish in a minute or two on a 2-core CPU. Explicit options win.
 QUICK_TRAIN = {"train_subset": 2000, "test_subset": 500, "epochs": 3}
 QUICK_ANALYSIS = {"iw_samples": 100, "iw_subset": 200}
 
-#: The CI configuration of nbval's references (``--references``), per notebook.
-CI_RUN_DIR = "runs/nbval"
+#: nbval's reference sets (``--references`` writes them all): name -> the set's folder, the run
+#: directory its 02_train writes and 03-05 read, and each notebook's parameters. nbval re-executes
+#: a folder's notebooks in file order, so 02 trains the set's run before 03-05 analyse it.
 CI_THREADS = 1  # must equal tests/conftest.py's OMP_NUM_THREADS: float results depend on it
-CI_PARAMETERS = {
-    "01_derivation": {"seed": 0},
-    "02_train": {"train_subset": 1000, "test_subset": 500, "epochs": 3, "seed": 0, "device": "cpu",
-                 "run_dir": CI_RUN_DIR, "overwrite": True},
-    "03_loss_curves": {"run_dir": CI_RUN_DIR, "iw_samples": 50, "iw_subset": 100, "seed": 0},
-    "04_reconstruction": {"run_dir": CI_RUN_DIR, "seed": 0},
-    "05_latent_manifold": {"run_dir": CI_RUN_DIR, "seed": 0},
+_MNIST_RUN, _FREY_RUN = "runs/nbval", "runs/nbval_frey"
+CI_REFERENCE_SETS: dict[str, dict[str, Any]] = {
+    # MNIST, Bernoulli decoder, N_z = 2: labelled classes, square images, Figure 4's manifold.
+    "mnist": {
+        "folder": REFERENCES_DIR,
+        "run_dir": _MNIST_RUN,
+        "parameters": {
+            "01_derivation": {"seed": 0},
+            "02_train": {
+                "train_subset": 1000,
+                "test_subset": 500,
+                "epochs": 3,
+                "seed": 0,
+                "device": "cpu",
+                "run_dir": _MNIST_RUN,
+                "overwrite": True,
+            },
+            "03_loss_curves": {"run_dir": _MNIST_RUN, "iw_samples": 50, "iw_subset": 100, "seed": 0},
+            "04_reconstruction": {"run_dir": _MNIST_RUN, "seed": 0},
+            "05_latent_manifold": {"run_dir": _MNIST_RUN, "seed": 0},
+        },
+    },
+    # Frey Face (all 1,765 training and 200 test faces), the paper's Frey Face model (Gaussian
+    # decoder with a sigmoid mean, 200 hidden units) with N_z = 5: the Gaussian log density, no
+    # classes, 28x20 images and the N_z > 2 paths. 01 does not depend on the run: MNIST's set has it.
+    "frey": {
+        "folder": REFERENCES_DIR / "frey",
+        "run_dir": _FREY_RUN,
+        "parameters": {
+            "02_train": {
+                "dataset": "frey_face",
+                "decoder": "gaussian",
+                "sigmoid_mean": True,
+                "latent_dim": 5,
+                "hidden_dim": 200,
+                "epochs": 5,
+                "seed": 0,
+                "device": "cpu",
+                "run_dir": _FREY_RUN,
+                "overwrite": True,
+            },
+            "03_loss_curves": {"run_dir": _FREY_RUN, "iw_samples": 50, "seed": 0},
+            "04_reconstruction": {"run_dir": _FREY_RUN, "seed": 0},
+            "05_latent_manifold": {"run_dir": _FREY_RUN, "seed": 0},
+        },
+    },
+    # 06 and 07 analyse several runs: tiny versions of their presets' runs (both datasets and both
+    # algorithms for Figure 2; the five likelihood runs for 07), trained in-process first by
+    # :func:`train_reference_runs` (here and, before nbval executes the notebook, in
+    # tests/notebooks/conftest.py).
+    "figure2": {
+        "folder": REFERENCES_DIR / "figure2",
+        "runs": "figure2",
+        "parameters": {"06_figure2": {"run_dirs": None, "seed": 0}},
+    },
+    "likelihoods": {
+        "folder": REFERENCES_DIR / "likelihoods",
+        "runs": "likelihoods",
+        "parameters": {"07_likelihoods": {"run_dirs": None, "iw_samples": 50, "seed": 0}},
+    },
 }
+
+
+def reference_runs(name: str) -> list[TrainConfig]:
+    """The tiny runs that reference set ``name`` analyses (empty for a set whose 02 trains its run):
+    Figure 2's MNIST N_z = 3 and Frey Face N_z = 2 panels, AEVB and wake-sleep, on 500 training
+    images for 3,000 samples; or the five likelihood runs on 500 images for Burda's 8 stages of one
+    epoch each. Run directories under ``runs/nbval_<name>/``."""
+    from vae_utils import presets
+
+    kind = CI_REFERENCE_SETS[name].get("runs")
+    if kind == "figure2":
+        configs = [
+            c
+            for c in presets.figure2_configs(3000, train_subset=500, test_subset=100, device="cpu")
+            if (c.dataset, c.latent_dim) in (("mnist", 3), ("frey_face", 2))
+        ]
+    elif kind == "likelihoods":
+        configs = presets.likelihood_configs(
+            8, train_subset=500, test_subset=100, device="cpu", eval_iw_samples=20
+        )
+    else:
+        return []
+    for c in configs:
+        c.run_dir = f"runs/nbval_{name}/{c.name}" + (f"_{c.binarize}" if c.binarize != "none" else "")
+    return configs
+
+
+def train_reference_runs(name: str) -> list[str]:
+    """Train (again, replacing them) the runs of reference set ``name`` with ``CI_THREADS`` threads, as
+    nbval's references saw them; return their run directories."""
+    import torch
+
+    from vae_utils.training import train
+
+    torch.set_num_threads(CI_THREADS)
+    run_dirs = []
+    for config in reference_runs(name):
+        assert config.run_dir is not None  # reference_runs sets it
+        train(config, overwrite=True, progress=False)
+        run_dirs.append(config.run_dir)
+    return run_dirs
+
+
+def reference_parameters(name: str) -> dict:
+    """Each notebook's parameters in reference set ``name``, with ``run_dirs`` filled in."""
+    runs = [c.run_dir for c in reference_runs(name)]
+    return {
+        nb: {k: (runs if k == "run_dirs" else v) for k, v in values.items()}
+        for nb, values in CI_REFERENCE_SETS[name]["parameters"].items()
+    }
 
 
 class StudyError(RuntimeError):
@@ -100,8 +212,9 @@ class NotebookFailed(StudyError):
     notebook (markdown cells and the injected-parameters cell count); ``source`` is its code.
     """
 
-    def __init__(self, notebook: str, cell_index: int, ename: str, evalue: str, output: Path,
-                 source: str = ""):
+    def __init__(
+        self, notebook: str, cell_index: int, ename: str, evalue: str, output: Path, source: str = ""
+    ):
         self.notebook, self.cell_index, self.output, self.source = notebook, cell_index, output, source
         self.ename, self.evalue = ename, evalue
         super().__init__(f"{notebook}.ipynb failed at cell {cell_index}: {ename}: {evalue}")
@@ -122,8 +235,15 @@ class Study:
 
 # ----------------------------------------------------------------------------- planning
 
-def plan_study(overrides: Optional[dict] = None, *, quick: bool = False, name: Optional[str] = None,
-               overwrite: bool = False, resume: bool = False) -> Study:
+
+def plan_study(
+    overrides: dict | None = None,
+    *,
+    quick: bool = False,
+    name: str | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+) -> Study:
     """Validate the options and decide every notebook's parameters; nothing runs yet.
 
     ``overrides`` holds TrainConfig fields and the analysis options (:data:`ANALYSIS_OPTIONS`).
@@ -132,29 +252,39 @@ def plan_study(overrides: Optional[dict] = None, *, quick: bool = False, name: O
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(TRAIN_FIELDS) - set(ANALYSIS_OPTIONS))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown}: allowed TrainConfig fields "
-                         f"{list(TRAIN_FIELDS)} and {list(ANALYSIS_OPTIONS)}")
+        raise ValueError(
+            f"unknown option(s) {unknown}: allowed TrainConfig fields "
+            f"{list(TRAIN_FIELDS)} and {list(ANALYSIS_OPTIONS)}"
+        )
     if overwrite and resume:
         raise ValueError("overwrite and resume exclude each other: choose one")
-    for option, (_, minimum, optional) in ANALYSIS_OPTIONS.items():
+    for option in ANALYSIS_OPTIONS:
         if option in overrides:
-            check_int(option, overrides[option], minimum, optional)
-    train_values = {**(QUICK_TRAIN if quick else {}),
-                    **{k: v for k, v in overrides.items() if k in TRAIN_FIELDS}}
+            check_analysis_option(option, overrides[option])
+    train_values = {
+        **(QUICK_TRAIN if quick else {}),
+        **{k: v for k, v in overrides.items() if k in TRAIN_FIELDS},
+    }
     config = TrainConfig(**train_values)  # validates
     name = name or config.name + ("_quick" if quick else "")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise ValueError(f"name = {name!r} is invalid: allowed letters, digits, '.', '_' and '-'")
     if "run_dir" not in overrides:
         config = dataclasses.replace(config, run_dir=f"runs/{name}")
-    values = {**config.to_dict(), "overwrite": overwrite, "resume": resume,
-              **(QUICK_ANALYSIS if quick else {}),
-              **{k: v for k, v in overrides.items() if k in ANALYSIS_OPTIONS}}
+    values = {
+        **config.to_dict(),
+        "overwrite": overwrite,
+        "resume": resume,
+        **(QUICK_ANALYSIS if quick else {}),
+        **{k: v for k, v in overrides.items() if k in ANALYSIS_OPTIONS},
+    }
     parameters = {nb: {k: values[k] for k in keys if k in values} for nb, keys in CONTRACT.items()}
     return Study(name, config, quick, overwrite, resume, overrides, parameters)
 
 
-def declared_parameters(notebook_path: Path, wanted: dict, explicit: dict = ()) -> dict:
+def declared_parameters(
+    notebook_path: Path, wanted: Mapping[str, Any], explicit: Collection[str] = ()
+) -> dict[str, Any]:
     """The part of ``wanted`` that the notebook's ``parameters`` cell declares.
 
     Raises :class:`StudyError` when the notebook has no ``parameters`` cell, or when an explicit
@@ -169,18 +299,20 @@ def declared_parameters(notebook_path: Path, wanted: dict, explicit: dict = ()) 
         raise StudyError(f"{notebook_path.name} has no cell tagged 'parameters'")
     dropped = sorted(k for k in wanted if k not in declared and k in explicit)
     if dropped:
-        raise StudyError(f"{notebook_path.name} does not declare parameter(s) {dropped}; "
-                         f"it declares {sorted(declared)}")
+        raise StudyError(
+            f"{notebook_path.name} does not declare parameter(s) {dropped}; it declares {sorted(declared)}"
+        )
     return {k: v for k, v in wanted.items() if k in declared}
 
 
 # ----------------------------------------------------------------------------- executing
 
+
 class _LineStream:
     """Forwards a kernel's stream to ``target``: carriage returns become newlines (no ``\\r`` soup
     in logs) and every line is indented under the notebook's heading."""
 
-    def __init__(self, target, prefix: str = "    "):
+    def __init__(self, target: TextIO, prefix: str = "    "):
         self.target, self.prefix, self.at_line_start = target, prefix, True
 
     def write(self, text: str) -> int:
@@ -203,8 +335,15 @@ class _LineStream:
 _KERNEL_ARGUMENTS = ("--IPKernelApp.log_level=CRITICAL",)
 
 
-def run_notebook(notebook: str, parameters: dict, output: Path, *, cwd: Path,
-                 notebooks_dir: Path = NOTEBOOKS_DIR, stream: bool = True) -> Path:
+def run_notebook(
+    notebook: str,
+    parameters: dict,
+    output: Path,
+    *,
+    cwd: Path,
+    notebooks_dir: Path = NOTEBOOKS_DIR,
+    stream: bool = True,
+) -> Path:
     """Execute ``notebooks_dir/<notebook>.ipynb`` with papermill into ``output``, kernel in ``cwd``.
 
     With ``stream`` the notebook's stdout and stderr are forwarded, line by line, as it runs.
@@ -215,12 +354,20 @@ def run_notebook(notebook: str, parameters: dict, output: Path, *, cwd: Path,
     streams = dict(stdout_file=_LineStream(sys.stdout), stderr_file=_LineStream(sys.stderr)) if stream else {}
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
-        papermill.execute_notebook(str(notebooks_dir / f"{notebook}.ipynb"), str(output),
-                                   parameters=parameters, cwd=str(cwd), progress_bar=False,
-                                   log_output=False, extra_arguments=list(_KERNEL_ARGUMENTS), **streams)
+        papermill.execute_notebook(
+            str(notebooks_dir / f"{notebook}.ipynb"),
+            str(output),
+            parameters=parameters,
+            cwd=str(cwd),
+            progress_bar=False,
+            log_output=False,
+            extra_arguments=list(_KERNEL_ARGUMENTS),
+            **streams,
+        )
     except papermill.PapermillExecutionError as error:
-        raise NotebookFailed(notebook, error.cell_index, error.ename, error.evalue, output,
-                             error.source) from error
+        raise NotebookFailed(
+            notebook, error.cell_index, error.ename, error.evalue, output, error.source
+        ) from error
     finally:
         if output.exists():
             _tidy_metadata(output)
@@ -255,22 +402,17 @@ def _tidy_metadata(path: Path, reference: bool = False) -> None:
     nbformat.write(nb, path)
 
 
-def export_html(notebook_path: Path) -> Path:
-    """Write ``<notebook>.html`` beside it: nbconvert's lab template, images inlined, code shown."""
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    nb = nbformat.read(notebook_path, as_version=4)
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(
-        nb, resources={"metadata": {"name": notebook_path.stem}})
-    out = notebook_path.with_suffix(".html")
-    out.write_text(body, encoding="utf-8")
-    return out
-
-
-def run_study(overrides: Optional[dict] = None, *, quick: bool = False, name: Optional[str] = None,
-              overwrite: bool = False, resume: bool = False, reports_dir: Path = REPORTS_DIR,
-              notebooks_dir: Path = NOTEBOOKS_DIR, stream: bool = True) -> Path:
+def run_study(
+    overrides: dict | None = None,
+    *,
+    quick: bool = False,
+    name: str | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    reports_dir: Path = REPORTS_DIR,
+    notebooks_dir: Path = NOTEBOOKS_DIR,
+    stream: bool = True,
+) -> Path:
     """Run 01 -> 05 and write ``reports_dir/<name>/`` and ``reports_dir/index.html``; return the folder.
 
     ``overrides`` are TrainConfig fields (and :data:`ANALYSIS_OPTIONS`), as ``02_train`` takes them.
@@ -284,14 +426,26 @@ def run_study(overrides: Optional[dict] = None, *, quick: bool = False, name: Op
         raise StudyError(
             f"run directory {study.config.path} already holds a run ({', '.join(found)}); it is "
             "never overwritten silently, so nothing was run: pass --resume to continue it, "
-            "--overwrite to replace it, or choose another --name or --run-dir")
-    todo = {nb: declared_parameters(notebooks_dir / f"{nb}.ipynb", study.parameters[nb], study.explicit)
-            for nb in NOTEBOOKS}
+            "--overwrite to replace it, or choose another --name or --run-dir"
+        )
+    todo = {
+        nb: declared_parameters(notebooks_dir / f"{nb}.ipynb", study.parameters[nb], study.explicit)
+        for nb in NOTEBOOKS
+    }
     folder = Path(reports_dir) / study.name
     _clear_study_folder(folder)
-    record = {"name": study.name, "quick": quick, "overwrite": overwrite, "resume": resume,
-              "options": study.explicit, "config": study.config.to_dict(), "parameters": todo,
-              "started": _now(), "status": "running", "seconds": {}}
+    record: dict[str, Any] = {
+        "name": study.name,
+        "quick": quick,
+        "overwrite": overwrite,
+        "resume": resume,
+        "options": study.explicit,
+        "config": study.config.to_dict(),
+        "parameters": todo,
+        "started": _now(),
+        "status": "running",
+        "seconds": {},
+    }
     _write_record(folder, record)
     print(f"study {study.name}: run {study.config.run_dir}, reports {_relative(folder)}", flush=True)
     try:
@@ -299,12 +453,18 @@ def run_study(overrides: Optional[dict] = None, *, quick: bool = False, name: Op
             print(f"[{i}/{len(NOTEBOOKS)}] {nb}.ipynb {_short(todo[nb])}", flush=True)
             started = time.perf_counter()
             try:
-                run_notebook(nb, todo[nb], folder / f"{nb}.ipynb", cwd=notebooks_dir,
-                             notebooks_dir=notebooks_dir, stream=stream)
+                run_notebook(
+                    nb,
+                    todo[nb],
+                    folder / f"{nb}.ipynb",
+                    cwd=notebooks_dir,
+                    notebooks_dir=notebooks_dir,
+                    stream=stream,
+                )
             finally:
                 record["seconds"][nb] = round(time.perf_counter() - started, 1)
                 if (folder / f"{nb}.ipynb").exists():
-                    export_html(folder / f"{nb}.ipynb")
+                    finalize_report(folder / f"{nb}.ipynb")  # HTML, thumbnail, slim .ipynb
             print(f"[{i}/{len(NOTEBOOKS)}] {nb}.ipynb done in {record['seconds'][nb]:.1f} s", flush=True)
         record["status"] = "complete"
     except NotebookFailed as failure:
@@ -353,150 +513,93 @@ def _relative(path: Path) -> str:
 
 def _short(parameters: dict, limit: int = 6) -> str:
     items = [f"{k}={v!r}" for k, v in parameters.items()]
-    return "(" + ", ".join(items[:limit]) + (f", ... {len(items) - limit} more" if len(items) > limit else "") + ")"
-
-
-# ----------------------------------------------------------------------------- the index
-
-def study_results(folder: Path, record: dict) -> dict:
-    """Key results from the study's ``history.csv`` (its copy in ``folder``, else the run's)."""
-    import pandas as pd
-
-    candidates = [folder / "history.csv"]
-    if record.get("config", {}).get("run_dir"):
-        from vae_utils.config import resolve_path
-
-        candidates.append(resolve_path(record["config"]["run_dir"]) / "history.csv")
-    for path in candidates:
-        if path.is_file():
-            history = pd.read_csv(path)
-            if history.empty:
-                return {}
-            best = history.loc[history["test_elbo"].idxmax()]
-            return {"epochs run": int(history["epoch"].max()), "best epoch": int(best["epoch"]),
-                    "best test ELBO": round(float(best["test_elbo"]), 2),
-                    "train ELBO at best": round(float(best["train_elbo"]), 2),
-                    "test KL at best": round(float(best["test_kl"]), 2),
-                    "training time": f"{float(history['seconds'].max()) / 60:.1f} min"}
-    return {}
-
-
-def write_index(reports_dir: Path = REPORTS_DIR) -> Path:
-    """Write ``reports_dir/index.html``: every study folder, its notebooks, configuration and results."""
-    reports_dir = Path(reports_dir)
-    folders = sorted(p for p in reports_dir.iterdir() if p.is_dir() and _is_study(p)) if reports_dir.is_dir() else []
-    summary, sections = [], []
-    for folder in folders:
-        record = _read_record(folder)
-        config, results = record.get("config", {}), study_results(folder, record)
-        name = html.escape(folder.name)
-        summary.append(_row([f'<a href="#{name}">{name}</a>', html.escape(record.get("status", "?")),
-                             *(html.escape(str(config.get(k, ""))) for k in
-                               ("dataset", "decoder", "latent_dim", "hidden_dim")),
-                             html.escape(str(results.get("epochs run", ""))),
-                             html.escape(str(results.get("best test ELBO", ""))),
-                             html.escape(record.get("finished", "")[:16].replace("T", " "))]))
-        links = "".join(f"<li>{_links(folder, nb)}</li>" for nb in NOTEBOOKS)
-        sections.append(
-            f'<section id="{name}"><h2>{name}{" (quick)" if record.get("quick") else ""}</h2>'
-            f"<p>status: {html.escape(record.get('failure') or record.get('status', 'no study.json'))}</p>"
-            f"<ol>{links}</ol>"
-            + (_table("results", results) if results else "")
-            + (_table("configuration", config) if config else "")
-            + "</section>")
-    head = _row(["study", "status", "dataset", "decoder", "N_z", "hidden", "epochs", "best test ELBO",
-                 "finished"], "th")
-    page = (_INDEX_HEAD + f"<table><thead>{head}</thead><tbody>{''.join(summary)}</tbody></table>"
-            + ("".join(sections) or "<p>No study yet: run <code>python -m vae_utils.study</code>.</p>")
-            + "</body></html>\n")
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    (reports_dir / "index.html").write_text(page, encoding="utf-8")
-    return reports_dir / "index.html"
-
-
-_INDEX_HEAD = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>VAE study reports</title>
-<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}
-th{background:#f3f3f3}section{margin-top:2em}caption{text-align:left;font-weight:bold}</style></head>
-<body><h1>Auto-Encoding Variational Bayes (Kingma &amp; Welling): study reports</h1>
-<p>Each study ran the five notebooks headless (<code>python -m vae_utils.study</code>); every
-notebook is linked as HTML and as the executed <code>.ipynb</code>.</p>
-"""
-
-
-def _is_study(folder: Path) -> bool:
-    return (folder / "study.json").is_file() or any(folder.glob("*.ipynb")) or any(folder.glob("*.html"))
-
-
-def _read_record(folder: Path) -> dict:
-    try:
-        return json.loads((folder / "study.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _links(folder: Path, notebook: str) -> str:
-    parts = [f'<a href="{html.escape(folder.name)}/{notebook}{suffix}">{label}</a>'
-             for suffix, label in ((".html", notebook), (".ipynb", ".ipynb"))
-             if (folder / f"{notebook}{suffix}").is_file()]
-    return " | ".join(parts) if parts else f"{notebook} (not run)"
-
-
-def _row(cells, tag: str = "td") -> str:
-    return "<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>"
-
-
-def _table(caption: str, values: dict) -> str:
-    rows = "".join(_row([html.escape(str(k)), html.escape(repr(v) if isinstance(v, str) or v is None else str(v))])
-                   for k, v in values.items())
-    return f"<table><caption>{caption}</caption>{rows}</table>"
+    return (
+        "("
+        + ", ".join(items[:limit])
+        + (f", ... {len(items) - limit} more" if len(items) > limit else "")
+        + ")"
+    )
 
 
 # ----------------------------------------------------------------------------- nbval references
 
-def generate_references(out_dir: Path = REFERENCES_DIR, notebooks_dir: Path = NOTEBOOKS_DIR,
-                        stream: bool = True) -> list[Path]:
-    """Execute every notebook with :data:`CI_PARAMETERS` into ``out_dir`` (nbval's references).
 
-    The kernels run in ``out_dir``, where nbval starts them, with the thread count of
-    ``tests/conftest.py``; timestamps and images are dropped (nbval compares neither).
+def generate_references(
+    sets: dict[str, dict[str, Any]] | None = None, notebooks_dir: Path = NOTEBOOKS_DIR, stream: bool = True
+) -> list[Path]:
+    """Execute each reference set's notebooks with its parameters into its folder (nbval's
+    references); ``sets`` defaults to :data:`CI_REFERENCE_SETS`, in the form of its entries.
+
+    The kernels run in the set's folder, where nbval starts them, with the thread count of
+    ``tests/conftest.py``; timestamps and images are dropped (nbval compares neither). A notebook
+    the set does not run has its earlier reference removed, so a folder holds exactly its set.
     """
+    sets = CI_REFERENCE_SETS if sets is None else sets
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(CI_THREADS)  # the kernels inherit it
-    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for i, nb in enumerate(NOTEBOOKS, 1):
-        parameters = declared_parameters(notebooks_dir / f"{nb}.ipynb", CI_PARAMETERS[nb], CI_PARAMETERS[nb])
-        print(f"[{i}/{len(NOTEBOOKS)}] reference {nb}.ipynb {_short(parameters)}", flush=True)
-        out = run_notebook(nb, parameters, out_dir / f"{nb}.ipynb", cwd=out_dir,
-                           notebooks_dir=notebooks_dir, stream=stream)
-        _tidy_metadata(out, reference=True)
-        written.append(out)
+    for set_name, reference_set in sets.items():
+        out_dir = Path(reference_set["folder"])
+        todo = (
+            reference_parameters(set_name) if set_name in CI_REFERENCE_SETS else reference_set["parameters"]
+        )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for nb in ALL_NOTEBOOKS:
+            if nb not in todo:
+                (out_dir / f"{nb}.ipynb").unlink(missing_ok=True)
+        if reference_set.get("runs"):
+            print(f"[{set_name}] training its runs: {', '.join(train_reference_runs(set_name))}", flush=True)
+        for i, nb in enumerate((nb for nb in ALL_NOTEBOOKS if nb in todo), 1):
+            parameters = declared_parameters(notebooks_dir / f"{nb}.ipynb", todo[nb], todo[nb])
+            print(f"[{set_name} {i}/{len(todo)}] reference {nb}.ipynb {_short(parameters)}", flush=True)
+            started = time.perf_counter()
+            out = run_notebook(
+                nb,
+                parameters,
+                out_dir / f"{nb}.ipynb",
+                cwd=out_dir,
+                notebooks_dir=notebooks_dir,
+                stream=stream,
+            )
+            _tidy_metadata(out, reference=True)
+            print(
+                f"[{set_name} {i}/{len(todo)}] {_relative(out)} in {time.perf_counter() - started:.1f} s",
+                flush=True,
+            )
+            written.append(out)
     return written
 
 
 # ----------------------------------------------------------------------------- command line
 
-def _converter(hint):
+
+def _converter(hint: Any) -> Callable[[str], Any]:
     """An argparse ``type`` for a TrainConfig annotation; ``Optional[...]`` also accepts 'none'."""
     args = typing.get_args(hint)
     optional = type(None) in args
     base = next(a for a in args if a is not type(None)) if optional else hint
 
-    def convert(text: str):
+    def convert(text: str) -> Any:
         if optional and text.lower() == "none":
             return None
+        if base is list:  # lr_candidates: "0.01,0.02,0.1"
+            return [float(v) for v in text.split(",")]
         return base(text)
 
     convert.__name__ = base.__name__ + (" or 'none'" if optional else "")  # argparse's error names it
     return convert
 
 
-_CHOICES = {"dataset": _config.DATASETS, "decoder": _config.DECODERS,
-            "activation": _config.ACTIVATIONS, "init": _config.INITS,
-            "optimizer": _config.OPTIMIZERS, "kl": _config.KL_ESTIMATORS,
-            "binarize": _config.BINARIZATIONS, "device": _config.DEVICES}
+_CHOICES = {
+    "dataset": _config.DATASETS,
+    "decoder": _config.DECODERS,
+    "activation": _config.ACTIVATIONS,
+    "init": _config.INITS,
+    "optimizer": _config.OPTIMIZERS,
+    "kl": _config.KL_ESTIMATORS,
+    "binarize": _config.BINARIZATIONS,
+    "device": _config.DEVICES,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -504,8 +607,11 @@ def build_parser() -> argparse.ArgumentParser:
     study's own (``--quick``, ``--resume``, ``--overwrite``, ``--name``, ``--reports-dir``,
     ``--references``). Options left out keep the notebooks' defaults (TrainConfig's)."""
     parser = argparse.ArgumentParser(
-        prog="python -m vae_utils.study", usage="%(prog)s [options]", description=__doc__.split("\n\n")[0],
-        epilog="Example: python -m vae_utils.study --latent-dim 5 --decoder gaussian")
+        prog="python -m vae_utils.study",
+        usage="%(prog)s [options]",
+        description=__doc__.split("\n\n")[0],
+        epilog="Example: python -m vae_utils.study --latent-dim 5 --decoder gaussian",
+    )
     train = parser.add_argument_group("training (notebook 02_train; TrainConfig's fields)")
     hints = typing.get_type_hints(TrainConfig)
     for field in dataclasses.fields(TrainConfig):
@@ -514,37 +620,58 @@ def build_parser() -> argparse.ArgumentParser:
         default = "runs/<name>" if field.name == "run_dir" else repr(field.default)
         text = (f"one of {', '.join(allowed)}; " if allowed else "") + f"default {default}"
         if hints[field.name] is bool:
-            train.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                               help=text)
+            train.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text
+            )
         else:  # no argparse `choices`: a bad value gets the package's own message
-            train.add_argument(flag, type=_converter(hints[field.name]), default=argparse.SUPPRESS,
-                               metavar=field.name.upper(), help=text)
+            train.add_argument(
+                flag,
+                type=_converter(hints[field.name]),
+                default=argparse.SUPPRESS,
+                metavar=field.name.upper(),
+                help=text,
+            )
     analysis = parser.add_argument_group("analysis (notebooks 03-05; default: the notebooks')")
     for option, (kind, _, optional) in ANALYSIS_OPTIONS.items():
-        analysis.add_argument("--" + option.replace("_", "-"), default=argparse.SUPPRESS,
-                              type=_converter(Optional[kind] if optional else kind),
-                              metavar=option.upper())
+        analysis.add_argument(
+            "--" + option.replace("_", "-"),
+            default=argparse.SUPPRESS,
+            type=_converter((kind | None) if optional else kind),
+            metavar=option.upper(),
+        )
     study = parser.add_argument_group("study")
-    study.add_argument("--quick", action="store_true",
-                       help=f"smoke run: {QUICK_TRAIN} and {QUICK_ANALYSIS}, unless given explicitly")
+    study.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke run: {QUICK_TRAIN} and {QUICK_ANALYSIS}, unless given explicitly",
+    )
     mode = study.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the existing run (02_train)")
     mode.add_argument("--overwrite", action="store_true", help="replace the existing run (02_train)")
-    study.add_argument("--name", help="study folder under the reports dir and runs/<name> "
-                                      "(default: the config's name, plus _quick in quick mode)")
+    study.add_argument(
+        "--name",
+        help="study folder under the reports dir and runs/<name> "
+        "(default: the config's name, plus _quick in quick mode)",
+    )
     study.add_argument("--reports-dir", type=Path, default=REPORTS_DIR, help="default reports/")
-    study.add_argument("--notebooks-dir", type=Path, default=NOTEBOOKS_DIR,
-                       help="the notebooks to run; default notebooks/")
-    study.add_argument("--references", action="store_true",
-                       help="regenerate nbval's references in tests/notebooks/ with the CI "
-                            "configuration, and nothing else")
+    study.add_argument(
+        "--notebooks-dir", type=Path, default=NOTEBOOKS_DIR, help="the notebooks to run; default notebooks/"
+    )
+    study.add_argument(
+        "--references",
+        action="store_true",
+        help="regenerate nbval's references (tests/notebooks/ and "
+        "tests/notebooks/frey/) with their CI configurations, and nothing else",
+    )
     return parser
 
 
 STUDY_OPTIONS = ("quick", "resume", "overwrite", "name", "reports_dir", "notebooks_dir", "references")
 
 
-def parse_args(argv: Optional[list] = None, parser: Optional[argparse.ArgumentParser] = None):
+def parse_args(
+    argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split the command line into (overrides, study options), both dicts; overrides holds only the
     TrainConfig fields and analysis options that were given. Bad values exit with status 2 and the
     package's message (``latent_dim = 0 is invalid: allowed an integer >= 1``)."""
@@ -552,7 +679,7 @@ def parse_args(argv: Optional[list] = None, parser: Optional[argparse.ArgumentPa
     overrides = vars(parser.parse_args(argv))
     own = {k: overrides.pop(k) for k in STUDY_OPTIONS}
     if own["references"] and (overrides or own["quick"] or own["resume"] or own["overwrite"] or own["name"]):
-        parser.error("--references takes no other option: its configuration is CI_PARAMETERS")
+        parser.error("--references takes no other option: its configurations are CI_REFERENCE_SETS")
     try:
         plan_study(overrides, quick=own["quick"], name=own["name"])  # errors before any kernel starts
     except ValueError as error:
@@ -560,27 +687,40 @@ def parse_args(argv: Optional[list] = None, parser: Optional[argparse.ArgumentPa
     return overrides, own
 
 
-def main(argv: Optional[list] = None) -> int:
+def main(argv: list | None = None) -> int:
     """Run the study (or regenerate the references); 0 on success, 1 when it fails, 2 on bad options."""
     overrides, own = parse_args(argv)
     try:
         if own["references"]:
-            generate_references(notebooks_dir=own["notebooks_dir"])
-            print(f"references written to {_relative(REFERENCES_DIR)}", flush=True)
+            written = generate_references(notebooks_dir=own["notebooks_dir"])
+            folders = sorted({_relative(path.parent) for path in written})
+            print(f"references written to {', '.join(folders)}", flush=True)
             return 0
-        folder = run_study(overrides, quick=own["quick"], name=own["name"], overwrite=own["overwrite"],
-                           resume=own["resume"], reports_dir=own["reports_dir"],
-                           notebooks_dir=own["notebooks_dir"])
+        folder = run_study(
+            overrides,
+            quick=own["quick"],
+            name=own["name"],
+            overwrite=own["overwrite"],
+            resume=own["resume"],
+            reports_dir=own["reports_dir"],
+            notebooks_dir=own["notebooks_dir"],
+        )
     except NotebookFailed as failure:
         source = "\n".join("    " + line for line in failure.source.splitlines()[:8])
-        print(f"\n{failure}\nthe cell:\n{source}\nthe partly executed notebook is kept: "
-              f"{_relative(failure.output)} (and its .html)", file=sys.stderr, flush=True)
+        print(
+            f"\n{failure}\nthe cell:\n{source}\nthe partly executed notebook is kept: "
+            f"{_relative(failure.output)} (and its .html)",
+            file=sys.stderr,
+            flush=True,
+        )
         return 1
     except StudyError as error:
         print(f"\nerror: {error}", file=sys.stderr, flush=True)
         return 1
-    print(f"study written to {_relative(folder)}; index: "
-          f"{_relative(Path(own['reports_dir']) / 'index.html')}", flush=True)
+    print(
+        f"study written to {_relative(folder)}; index: {_relative(Path(own['reports_dir']) / 'index.html')}",
+        flush=True,
+    )
     return 0
 
 

@@ -1,0 +1,601 @@
+"""Sweeps, ``python -m vae_utils.sweep``: grids of real 02_train.ipynb runs on real Dask clusters.
+
+A scheduler and two workers are started as separate processes on 127.0.0.1 (as ``dask scheduler`` and
+``dask worker`` would be on a cluster) for a 2 x 2 sweep; a second sweep runs on the default
+LocalCluster with a point that diverges. Every kernel start costs seconds on 2 cores, so the
+sweeps are module fixtures shared by the assertions, and the runs are tiny (300 training images,
+3 epochs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+import vae_utils
+from vae_utils import sweep, training
+from vae_utils.config import PAPER_STEP_SIZES, TRAIN_SIZES, TrainConfig
+from vae_utils.runfiles import run_state
+
+N_TRAIN, EPOCHS = 300, 3
+TINY = [
+    "--set",
+    f"train_subset={N_TRAIN}",
+    "--set",
+    "test_subset=100",
+    "--set",
+    "device=cpu",
+    "--set",
+    "patience=None",
+    "--budget",
+    str(N_TRAIN * EPOCHS),
+]
+SCHED_GRID = [
+    "--name",
+    "sched",
+    "--grid",
+    "latent_dim=2,3",
+    "--grid",
+    "algorithm=aevb,wake_sleep",
+    "--set",
+    "dataset=frey_face",
+    "--set",
+    "decoder=gaussian",
+    "--set",
+    "hidden_dim=50",
+    "--set",
+    "lr_candidates=0.01:0.02",
+    "--set",
+    "pilot_samples=200",
+    *TINY,
+]
+
+
+def run_main(argv: list[str]) -> tuple[int, str, str]:
+    """``sweep.main(argv)`` in this process: (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = sweep.main(argv)
+        except SystemExit as exit_:
+            rc = exit_.code
+    return rc, out.getvalue(), err.getvalue()
+
+
+# ----------------------------------------------------------------------------- a real Dask cluster
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(module_args: list[str], log: Path) -> subprocess.Popen:
+    """``python -m <module_args>`` as a separate process, its log in ``log``."""
+    with open(log, "w") as f:
+        return subprocess.Popen([sys.executable, "-m", *module_args], stdout=subprocess.DEVNULL, stderr=f)
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    """Terminate the processes (all at once: each takes a few seconds to close), kill on timeout."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def scheduler(tmp_path_factory):
+    """The address of a Dask scheduler with two single-threaded workers, each its own process."""
+    from distributed import Client
+
+    logs = tmp_path_factory.mktemp("dask_logs")
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    processes = []
+    try:
+        processes.append(
+            _spawn(
+                [
+                    "distributed.cli.dask_scheduler",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--no-dashboard",
+                ],
+                logs / "scheduler.log",
+            )
+        )
+        for i in range(2):
+            processes.append(
+                _spawn(
+                    [
+                        "distributed.cli.dask_worker",
+                        address,
+                        "--nthreads",
+                        "1",
+                        "--nworkers",
+                        "1",
+                        "--no-dashboard",
+                        "--host",
+                        "127.0.0.1",
+                    ],
+                    logs / f"worker{i}.log",
+                )
+            )
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(2, timeout=120)
+        yield address
+    finally:
+        _stop(processes[1:])  # the workers, then the scheduler
+        _stop(processes[:1])
+
+
+@pytest.fixture(scope="module")
+def sched_sweep(scheduler, shared_data, tmp_path_factory):
+    """A 2 (latent_dim) x 2 (algorithm) sweep of Frey Face points run through --scheduler."""
+    sweeps_dir = tmp_path_factory.mktemp("sweeps")
+    argv = [
+        *SCHED_GRID,
+        "--set",
+        f"data_dir={shared_data}",
+        "--sweeps-dir",
+        str(sweeps_dir),
+        "--scheduler",
+        scheduler,
+        "--poll",
+        "1",
+    ]
+    rc, out, err = run_main(argv)
+    return {"rc": rc, "out": out, "err": err, "folder": sweeps_dir / "sched", "argv": argv}
+
+
+def test_scheduler_sweep_trains_every_point(sched_sweep):
+    assert sched_sweep["rc"] == 0, sched_sweep["out"] + sched_sweep["err"]
+    folder = sched_sweep["folder"]
+    points = sorted(p.name for p in (folder / "points").iterdir())
+    assert points == [
+        "frey_face_gaussian_z2_h50_s0",
+        "frey_face_gaussian_z2_h50_s0_ws",
+        "frey_face_gaussian_z3_h50_s0",
+        "frey_face_gaussian_z3_h50_s0_ws",
+    ]
+    for point in points:
+        run_dir = folder / "points" / point
+        for f in (
+            "config.json",
+            "history.csv",
+            "last.pt",
+            "best.pt",
+            "lr_pilot.csv",
+            "02_train.ipynb",
+            "point.json",
+        ):
+            assert (run_dir / f).is_file(), (point, f)
+        history = pd.read_csv(run_dir / "history.csv")
+        assert history["epoch"].tolist() == [1, 2, 3]
+        assert history["samples"].tolist() == [N_TRAIN, 2 * N_TRAIN, 3 * N_TRAIN]  # epochs x n_train
+        for column in ("train_elbo", "test_elbo", "minibatch_elbo"):
+            assert history[column].map(math.isfinite).all()
+        config = json.loads((run_dir / "config.json").read_text())
+        assert config["algorithm"] == ("wake_sleep" if point.endswith("_ws") else "aevb")
+        assert config["latent_dim"] == int(point.split("_z")[1][0])
+        assert (config["epochs"], config["train_subset"]) == (EPOCHS, N_TRAIN)
+        assert config["lr_candidates"] == [0.01, 0.02]
+        assert Path(config["run_dir"]) == run_dir  # the point folder is the run directory
+        assert run_state(run_dir)["finished"] is True
+        record = json.loads((run_dir / "point.json").read_text())
+        assert record["status"] == "done" and record["error"] is None and record["resume"] is False
+        assert record["notebook"] == str(run_dir / "02_train.ipynb") and record["seconds"] > 0
+        nb = nbformat.read(run_dir / "02_train.ipynb", as_version=4)
+        injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+        assert f'run_dir = "{run_dir}"' in injected.source and "resume = False" in injected.source
+    out = sched_sweep["out"]
+    assert f"engine: Dask on {sched_sweep['argv'][-3]}" in out
+    assert "[1/4] frey_face_gaussian_z2_h50_s0  queued" in out
+    assert sum(" done in " in line for line in out.splitlines()) == 4
+
+
+def test_sweep_table_and_record(sched_sweep):
+    folder = sched_sweep["folder"]
+    table = pd.read_csv(folder / "sweep.csv")
+    assert list(table.columns) == ["point", "latent_dim", "algorithm", *sweep.RESULT_COLUMNS]
+    assert table["point"].tolist() == [
+        "frey_face_gaussian_z2_h50_s0",
+        "frey_face_gaussian_z2_h50_s0_ws",
+        "frey_face_gaussian_z3_h50_s0",
+        "frey_face_gaussian_z3_h50_s0_ws",
+    ]
+    assert table["latent_dim"].tolist() == [2, 2, 3, 3]
+    assert table["algorithm"].tolist() == ["aevb", "wake_sleep"] * 2
+    assert (table["status"] == "done").all() and table["error"].isna().all()
+    assert (table["epoch"] == EPOCHS).all() and (table["samples"] == EPOCHS * N_TRAIN).all()
+    assert table["lr_used"].isin([0.01, 0.02]).all()
+    for _, row in table.iterrows():
+        history = pd.read_csv(folder / "points" / row["point"] / "history.csv")
+        assert row["test_elbo"] == pytest.approx(history["test_elbo"].iloc[-1])
+        assert row["best_test_elbo"] == pytest.approx(history["test_elbo"].max())
+    record = json.loads((folder / "sweep.json").read_text())
+    assert record["grid"] == {"latent_dim": [2, 3], "algorithm": ["aevb", "wake_sleep"]}
+    assert record["budget"] == EPOCHS * N_TRAIN and record["status"] == "done"
+    assert record["command"].startswith("python -m vae_utils.sweep --name sched --grid latent_dim=2,3")
+    assert record["started"] <= record["finished"] and list(record["points"]) == table["point"].tolist()
+
+
+def test_load_sweep_has_every_trainconfig_field(sched_sweep):
+    frame = sweep.load_sweep(sched_sweep["folder"])
+    assert frame.columns[:3].tolist() == ["point", "run_dir", "status"]
+    assert set(sweep.FIELDS) <= set(frame.columns)
+    assert all(Path(d).is_absolute() and Path(d).is_dir() for d in frame["run_dir"])
+    by_algorithm = frame.groupby("algorithm")["test_elbo"].count()
+    assert by_algorithm.to_dict() == {"aevb": 2, "wake_sleep": 2}
+    assert (frame["dataset"] == "frey_face").all() and (frame["hidden_dim"] == 50).all()
+
+
+def test_table_is_rebuilt_from_disk_so_simultaneous_finishes_are_never_lost(sched_sweep, tmp_path):
+    """Two points finishing at the same moment, each followed by a rebuild of the table: whatever
+    the interleaving, the last table written holds both, since it is read from disk each time."""
+    folder = tmp_path / "sched"
+    shutil.copytree(sched_sweep["folder"], folder)
+    finishing = ["frey_face_gaussian_z2_h50_s0", "frey_face_gaussian_z3_h50_s0_ws"]
+    saved = {p: (folder / "points" / p / "point.json").read_text() for p in finishing}
+    for p in finishing:  # back to "running"
+        record = json.loads(saved[p])
+        (folder / "points" / p / "point.json").write_text(json.dumps({**record, "status": "running"}))
+    sweep.write_sweep_table(folder)
+    assert (pd.read_csv(folder / "sweep.csv")["status"] == "running").sum() == 2
+    barrier = threading.Barrier(len(finishing))
+
+    def finish(point: str) -> None:
+        barrier.wait()
+        (folder / "points" / point / "point.json").write_text(saved[point])
+        for _ in range(5):
+            sweep.write_sweep_table(folder)
+
+    threads = [threading.Thread(target=finish, args=(p,)) for p in finishing]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    table = pd.read_csv(folder / "sweep.csv")
+    assert len(table) == 4 and (table["status"] == "done").all()
+    assert not list(folder.glob(".sweep.csv.*"))  # atomic writes leave no temporary file
+
+
+def test_a_sweep_of_another_grid_fails_before_starting(sched_sweep, monkeypatch):
+    monkeypatch.setattr(sweep, "_connect", lambda *a: pytest.fail("a cluster was started"))
+    folder = sched_sweep["folder"]
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+    argv = [a if a != str(N_TRAIN * EPOCHS) else str(N_TRAIN * 4) for a in sched_sweep["argv"]]
+    rc, out, err = run_main(argv)
+    assert rc == 1
+    assert "config.json differs in epochs (saved 3, asked 4)" in err and "--overwrite" in err
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()} == before
+
+
+def test_resume_after_interrupt_finishes_only_the_missing_point(sched_sweep, tmp_path, monkeypatch):
+    """One point interrupted after its first evaluation (Ctrl-C in vae_utils.train); re-running the
+    sweep skips the finished points without a kernel and resumes that one to the same history."""
+    folder = tmp_path / "sched"
+    shutil.copytree(sched_sweep["folder"], folder)
+    point = "frey_face_gaussian_z3_h50_s0"
+    run_dir = folder / "points" / point
+    uninterrupted = pd.read_csv(run_dir / "history.csv")
+    saved = json.loads((run_dir / "config.json").read_text())
+    config = TrainConfig.from_dict({**saved, "run_dir": str(run_dir)})
+    shutil.rmtree(run_dir)
+    real_save = training.save_checkpoint
+
+    def save_then_interrupt(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "save_checkpoint", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        vae_utils.train(config, progress=False)
+    monkeypatch.undo()
+    assert run_state(run_dir)["finished"] is False and len(pd.read_csv(run_dir / "history.csv")) == 1
+    others = [p for p in (folder / "points").iterdir() if p.name != point]
+    before = {f: f.stat().st_mtime_ns for p in others for f in (p / "point.json", p / "02_train.ipynb")}
+
+    argv = [*sched_sweep["argv"]]
+    argv[argv.index("--sweeps-dir") + 1] = str(tmp_path)
+    rc, out, err = run_main(argv)
+    assert rc == 0, out + err
+    assert "4 points, 3 already done" in out and out.count("done already") == 3
+    assert {f: f.stat().st_mtime_ns for f in before} == before  # no kernel touched the finished points
+    record = json.loads((run_dir / "point.json").read_text())
+    assert record["status"] == "done" and record["resume"] is True
+    resumed = pd.read_csv(run_dir / "history.csv")
+    pd.testing.assert_frame_equal(
+        resumed.drop(columns="seconds"), uninterrupted.drop(columns="seconds"), check_exact=False, rtol=1e-6
+    )
+    assert run_state(run_dir)["finished"] is True
+    assert len(json.loads((folder / "sweep.json").read_text())["attempts"]) == 1
+
+
+# ----------------------------------------------------------------------------- the default LocalCluster
+
+
+@pytest.fixture(scope="module")
+def local_sweep(shared_data, tmp_path_factory):
+    """Two MNIST points on a LocalCluster of 2 workers; lr = 1e8 diverges (TrainingDiverged)."""
+    sweeps_dir = tmp_path_factory.mktemp("sweeps_local")
+    argv = [
+        "--name",
+        "local",
+        "--grid",
+        "lr=0.01,1e8",
+        "--set",
+        "hidden_dim=50",
+        "--set",
+        f"data_dir={shared_data}",
+        *TINY,
+        "--sweeps-dir",
+        str(sweeps_dir),
+        "--workers",
+        "2",
+        "--poll",
+        "1",
+    ]
+    rc, out, err = run_main(argv)
+    return {"rc": rc, "out": out, "err": err, "folder": sweeps_dir / "local"}
+
+
+def test_local_cluster_sweep_with_a_failing_point(local_sweep):
+    assert local_sweep["rc"] == 1, local_sweep["out"] + local_sweep["err"]
+    assert "engine: Dask on a LocalCluster of 2 worker(s)" in local_sweep["out"]
+    folder = local_sweep["folder"]
+    table = pd.read_csv(folder / "sweep.csv").set_index("point")
+    good, bad = "mnist_bernoulli_z2_h50_s0_lr-0.01", "mnist_bernoulli_z2_h50_s0_lr-1e08"
+    assert table.index.tolist() == [good, bad]
+    assert table.loc[good, "status"] == "done" and table.loc[good, "samples"] == EPOCHS * N_TRAIN
+    assert math.isfinite(table.loc[good, "test_elbo"])
+    assert table.loc[bad, "status"] == "failed"
+    assert table.loc[bad, "error"].startswith("TrainingDiverged: the loss became nan")
+    notebook = Path(table.loc[bad, "notebook"])
+    assert notebook == folder / "points" / bad / "02_train.ipynb" and notebook.is_file()
+    assert f"[2/2] {bad}  failed: {notebook}: TrainingDiverged: " in local_sweep["out"]
+    assert f"{bad}: failed: {notebook}: TrainingDiverged" in local_sweep["err"]  # the closing list
+    record = json.loads((folder / "points" / bad / "point.json").read_text())
+    assert record["status"] == "failed" and "TrainingDiverged" in record["error"]
+    assert json.loads((folder / "sweep.json").read_text())["status"] == "failed"
+
+
+# ----------------------------------------------------------------------------- validation, no cluster
+
+
+@pytest.fixture
+def no_cluster(monkeypatch):
+    monkeypatch.setattr(sweep, "_connect", lambda *a: pytest.fail("a cluster was started"))
+    monkeypatch.setattr(sweep, "run_point", lambda *a: pytest.fail("a point was run"))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--grid", "latent_dim=0,3"], "latent_dim = 0 is invalid: allowed an integer >= 1"),
+        (
+            ["--grid", "decoder=bernoulli,gauss"],
+            "decoder = 'gauss' is invalid: allowed one of 'bernoulli', 'gaussian', 'continuous_bernoulli'",
+        ),
+        (
+            ["--set", "lr_candidates=0.01:abc"],
+            "lr_candidates = '0.01:abc' is invalid: allowed None or a non-empty list",
+        ),
+        (
+            ["--grid", "decoder=gaussian", "--set", "binarize=dynamic"],
+            "binarize = 'dynamic' is invalid: allowed 'none'",
+        ),
+        (
+            ["--grid", "latent=3,5"],
+            "unknown TrainConfig field 'latent': allowed ['dataset', 'decoder', 'latent_dim'",
+        ),
+        (["--grid", "seed=0,0"], "holds point mnist_bernoulli_z2_h500_s0 twice"),
+        (["--set", "run_dir=x"], "run_dir cannot be set in a sweep"),
+        (["--set", "epochs=3", "--budget", "cpu"], "epochs and --budget both set the training length"),
+        (
+            ["--budget", "lots"],
+            "budget = 'lots' is invalid: allowed one of 'paper', 'cpu', 'smoke' or a number",
+        ),
+        (["--threads", "0"], "threads = 0 is invalid: allowed an integer >= 1"),
+    ],
+)
+def test_bad_grid_values_fail_before_anything_starts(args, message, tmp_path, no_cluster):
+    rc, out, err = run_main(["--name", "bad", *args, "--sweeps-dir", str(tmp_path)])
+    assert rc == 2 and message in err, err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_run_sweep_refuses_bad_grids_before_creating_anything(tmp_path, no_cluster):
+    with pytest.raises(ValueError, match="latent_dim = -1 is invalid: allowed an integer >= 1"):
+        sweep.run_sweep({"latent_dim": [2, -1]}, "bad", sweeps_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"name = 'a b' is invalid"):
+        sweep.run_sweep({"latent_dim": [2]}, "a b", sweeps_dir=tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def test_overwrite_deletes_the_sweeps_points_and_says_so(tmp_path, capsys):
+    plan = sweep.plan_sweep({"latent_dim": [2, 3]}, "ow", sweeps_dir=tmp_path)
+    (plan.folder / "points" / "old_point").mkdir(parents=True)
+    (plan.folder / "sweep.csv").write_text("point\n")
+    with pytest.raises(sweep.SweepError, match="old_point: not a point of this grid(.|\n)*--overwrite"):
+        sweep.check_existing(plan)
+    assert (plan.folder / "points" / "old_point").is_dir()  # refused: nothing deleted
+    sweep.check_existing(plan, overwrite=True)
+    assert "--overwrite: deleting 1 point folder(s) of sweep ow" in capsys.readouterr().out
+    assert not (plan.folder / "points").exists() and not (plan.folder / "sweep.csv").exists()
+
+
+def test_figure2_configs_follow_the_paper():
+    configs = sweep.figure2_configs("cpu")
+    assert len(configs) == 18
+    mnist = [c for c in configs if c.dataset == "mnist"]
+    frey = [c for c in configs if c.dataset == "frey_face"]
+    assert sorted({c.latent_dim for c in mnist}) == [3, 5, 10, 20, 200]
+    assert sorted({c.latent_dim for c in frey}) == [2, 5, 10, 20]
+    assert {c.algorithm for c in configs} == {"aevb", "wake_sleep"}
+    for c in mnist:
+        assert (c.decoder, c.hidden_dim, c.epochs, c.weight_decay) == ("bernoulli", 500, 50, 1 / 60_000)
+    for c in frey:
+        assert (c.decoder, c.hidden_dim, c.sigmoid_mean) == ("gaussian", 200, True)
+        assert c.epochs == math.ceil(10**7 / TRAIN_SIZES["frey_face"]) == 5666
+        assert c.weight_decay == 1 / 1765
+    for c in configs:
+        assert (
+            c.init,
+            c.optimizer,
+            c.lr_candidates,
+            c.pilot_samples,
+            c.batch_size,
+            c.n_samples,
+            c.kl,
+            c.patience,
+            c.eval_per_decade,
+        ) == ("paper", "adagrad", list(PAPER_STEP_SIZES), 20_000, 100, 1, "analytic", None, 8)
+    names = sweep.point_names(configs)
+    assert names[:2] == ["mnist_bernoulli_z3_h500_s0", "mnist_bernoulli_z3_h500_s0_ws"]
+    assert len(set(names)) == 18
+    assert {c.epochs for c in sweep.figure2_configs("paper") if c.dataset == "mnist"} == {1667}
+
+
+def test_figure2_configs_tiny_budget_and_overrides():
+    configs = sweep.figure2_configs(3000, train_subset=300, test_subset=100, device="cpu")
+    assert {(c.epochs, c.train_subset, c.test_subset, c.device) for c in configs} == {(10, 300, 100, "cpu")}
+    assert {c.pilot_samples for c in configs} == {300}  # min(20,000, budget / 10)
+    assert {c.weight_decay for c in configs} == {1 / 300}
+    assert {c.epochs for c in sweep.figure2_configs("cpu", epochs=2)} == {2}
+
+
+def test_budgets():
+    assert sweep.budget_epochs("cpu", "mnist") == 50 and sweep.budget_epochs("paper", "mnist") == 1667
+    assert sweep.budget_epochs("cpu", "frey_face") == 5666
+    assert sweep.budget_epochs(1000, "mnist", train_subset=300) == 4
+    assert sweep.budget_epochs("3e6", "fashion_mnist") == 50
+    assert sweep.parse_budget("1e6") == 1_000_000 and sweep.parse_budget("smoke") == "smoke"
+
+
+def test_values_are_read_as_the_fields_type():
+    assert sweep.parse_assignment("latent_dim=3,5,10", grid=True) == ("latent_dim", [3, 5, 10])
+    assert sweep.parse_assignment("lr=0.01,1e-3", grid=True) == ("lr", [0.01, 0.001])
+    assert sweep.parse_assignment("lr_candidates=0.01:0.02,0.1", grid=True) == (
+        "lr_candidates",
+        [[0.01, 0.02], [0.1]],
+    )
+    assert sweep.parse_assignment("patience=None", grid=False) == ("patience", None)
+    assert sweep.parse_assignment("sigmoid_mean=true", grid=False) == ("sigmoid_mean", True)
+    assert sweep.parse_assignment("train-subset=1e3", grid=False) == ("train_subset", 1000)
+    assert sweep.parse_assignment("latent_dim=2.5", grid=False) == ("latent_dim", 2.5)  # TrainConfig refuses
+    assert sweep.parse_assignment("dataset=mnist", grid=False) == ("dataset", "mnist")
+    assert sweep.parse_value("data_dir", "/data") == "/data"
+
+
+def test_point_names_say_every_other_axis():
+    plan = sweep.plan_sweep(
+        {"lr": [0.01, 1e-3], "latent_dim": [3, 5], "lr_candidates": [None, [0.1, 0.2]]},
+        "p",
+        fixed={"epochs": 2},
+    )
+    assert list(plan.points)[:2] == [
+        "mnist_bernoulli_z3_h500_s0_lr-0.01_lr_candidates-None",
+        "mnist_bernoulli_z3_h500_s0_lr-0.01_lr_candidates-0.1+0.2",
+    ]
+    assert len(plan.points) == 8 and plan.axes == ["latent_dim", "lr", "lr_candidates"]
+    assert all(c.run_dir == str(plan.folder / "points" / p) for p, c in plan.points.items())
+    # a list of configs is named apart by the fields in which configs of the same name differ
+    assert sweep.point_names([TrainConfig(kl="mc"), TrainConfig(), TrainConfig(seed=1)]) == [
+        "mnist_bernoulli_z2_h500_s0_kl-mc",
+        "mnist_bernoulli_z2_h500_s0_kl-analytic",
+        "mnist_bernoulli_z2_h500_s1",
+    ]
+
+
+def test_longest_points_first_and_progress_numbers():
+    configs = sweep.figure2_configs("cpu")
+    costs = {c.name: sweep.point_cost(c) for c in configs}
+    assert costs["mnist_bernoulli_z200_h500_s0"] > costs["mnist_bernoulli_z3_h500_s0"]
+    assert costs["frey_face_gaussian_z2_h200_s0"] == costs["frey_face_gaussian_z2_h200_s0_ws"]
+    tiny = TrainConfig(epochs=1, train_subset=100)
+    assert sweep.point_cost(tiny) < sweep.point_cost(TrainConfig(epochs=2, train_subset=100))
+    assert sweep._count(1.2e6) == "1.2e6" and sweep._count(900) == "900"
+    assert sweep._duration(366) == "6.1 min" and sweep._duration(41) == "41 s"
+
+
+def test_dry_run_lists_the_figure2_grid(tmp_path, no_cluster):
+    rc, out, _ = run_main(["--preset", "figure2", "--dry-run", "--sweeps-dir", str(tmp_path)])
+    assert rc == 0 and out.startswith("[ 1/18] mnist_bernoulli_z3_h500_s0  50 epochs, 3.0e6 samples")
+    assert "[18/18] frey_face_gaussian_z20_h200_s0_ws  5666 epochs, 1.0e7 samples" in out
+    assert "folder: " + str(tmp_path / "figure2_cpu") in out
+    assert not list(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------- the Figure 2 report
+
+
+def test_figure2_report_is_skipped_without_its_notebook(tmp_path, capsys):
+    assert sweep.write_figure2_report(tmp_path / "s", tmp_path / "reports", notebooks_dir=tmp_path) is None
+    assert "report skipped" in capsys.readouterr().out and not (tmp_path / "reports").exists()
+
+
+def test_figure2_report_runs_the_notebook_and_exports_html(tmp_path, monkeypatch):
+    sweep_dir = tmp_path / "sweeps" / "f2"
+    configs = sweep.figure2_configs(200, train_subset=100, test_subset=100)[:2]  # MNIST N_z = 3, AEVB and WS
+    names = sweep.point_names(configs)
+    (sweep_dir / "points").mkdir(parents=True)
+    points = {n: c.to_dict() for n, c in zip(names, configs, strict=True)}
+    (sweep_dir / "sweep.json").write_text(
+        json.dumps({"points": points, "budget": 200, "command": "python -m vae_utils.sweep"})
+    )
+    for name, elbo in zip(names, (-120.0, -150.0), strict=True):
+        (sweep_dir / "points" / name).mkdir()
+        (sweep_dir / "points" / name / "point.json").write_text(json.dumps({"status": "done"}))
+        history = pd.DataFrame(
+            [{"epoch": 2, "samples": 200, "seconds": 1.0, "train_elbo": elbo, "test_elbo": elbo}]
+        )
+        history.to_csv(sweep_dir / "points" / name / "history.csv", index=False)
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell('sweep_dir = "sweeps/figure2_cpu"', metadata={"tags": ["parameters"]})
+        ],
+        metadata={"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}},
+    )
+    nbformat.write(nb, tmp_path / "06_figure2.ipynb")
+    calls = []
+
+    def fake_run_notebook(notebook, parameters, output, **kwargs):  # the kernel is not what is tested here
+        calls.append((notebook, parameters, output, kwargs["cwd"]))
+        output.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, output)
+        return output
+
+    monkeypatch.setattr(sweep, "run_notebook", fake_run_notebook)
+    out = sweep.write_figure2_report(sweep_dir, tmp_path / "reports" / "figure2", notebooks_dir=tmp_path)
+    assert out == tmp_path / "reports" / "figure2" / "06_figure2.ipynb"
+    assert calls == [("06_figure2", {"sweep_dir": str(sweep_dir)}, out, tmp_path)]
+    assert out.with_suffix(".html").is_file()
+    report = json.loads((out.parent / "report.json").read_text())
+    assert report["pages"] == ["06_figure2.html"] and report["command"] == "python -m vae_utils.sweep"
+    assert report["headline"]["mnist: best final test ELBO, AEVB / wake-sleep"] == "-120.0 / -150.0"
+    assert "Figure 2" in (tmp_path / "reports" / "index.html").read_text()

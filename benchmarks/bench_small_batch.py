@@ -26,6 +26,7 @@ the first layer), against the best 4096^3 float32 matmul at the same thread coun
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import io
 import math
@@ -243,10 +244,15 @@ def _timed(fn, *args):
 # ----------------------------------------------------------------------------- checks
 
 
+def _eager(config):
+    """``config`` for the eager step (compile=False once TrainConfig has that field)."""
+    return dataclasses.replace(config, compile=False) if hasattr(config, "compile") else config
+
+
 def check_equal_to_eager(data, config, step, steps=50):
     """Compiled and eager steps from the same initialisation and generator seed: the largest
     relative difference of the losses and the largest parameter difference after ``steps`` steps."""
-    eager = VaeUtilsLoop(data, config, train_step)
+    eager = VaeUtilsLoop(data, _eager(config), train_step)
     comp = VaeUtilsLoop(data, config, step)
     eager(steps), comp(steps)
     rel = ((eager.out[:steps] - comp.out[:steps]).abs() / eager.out[:steps].abs()).max().item()
@@ -258,7 +264,7 @@ def check_equal_to_eager(data, config, step, steps=50):
     model, opt = _fresh(config, 1)
     model2, opt2 = _fresh(config, 1)
     x = torch.bernoulli(data.x_train[: config.batch_size], generator=torch.Generator().manual_seed(3))
-    e1, l1 = train_step(model, opt, x, config, torch.Generator().manual_seed(4))
+    e1, l1 = train_step(model, opt, x, _eager(config), torch.Generator().manual_seed(4))
     e2, l2 = step(model2, opt2, x, config, torch.Generator().manual_seed(4))
     dp1 = max(
         (a - b).abs().max().item() for a, b in zip(model.parameters(), model2.parameters(), strict=True)
@@ -266,11 +272,11 @@ def check_equal_to_eager(data, config, step, steps=50):
     return rel, dp, abs(l1.item() - l2.item()) / abs(l1.item()), dp1
 
 
-def check_determinism(data, config, step, other, steps=300):
-    """Same seed twice -> bit-identical losses and parameters, with ``step`` both times and with
-    ``step`` and ``other``."""
-    a = VaeUtilsLoop(data, config, step)
-    b = VaeUtilsLoop(data, config, other)
+def check_determinism(data, loop, other, steps=300):
+    """Same seed twice -> bit-identical losses and parameters: ``loop``'s step (and configuration)
+    both times, or ``loop``'s and ``other``'s."""
+    a = VaeUtilsLoop(data, loop.config, loop.step)
+    b = VaeUtilsLoop(data, other.config, other.step)
     a(steps), b(steps)
     return torch.equal(a.out[:steps], b.out[:steps]) and all(
         torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True)
@@ -345,20 +351,27 @@ def main() -> None:
         ),
         "reference (DataLoader loop)": ReferenceLoop(config),
     }
+    if "compile" in {f.name for f in dataclasses.fields(TrainConfig)}:  # once vae_utils has it
+        compiled_config = dataclasses.replace(config, compile=True)
+        loops = {
+            **{k: v for k, v in loops.items() if not k.startswith("reference")},
+            "vae_utils compile=True (train_epoch)": VaeUtilsLoop(data, compiled_config, train_step),
+            "reference (DataLoader loop)": loops["reference (DataLoader loop)"],
+        }
     for name, loop in loops.items():  # warm-up; the first compiled call compiles
         seconds, _ = _timed(loop, 1)
-        if name.startswith("compiled"):
+        if "compile" in name:
             print(f"{name}: first call (compilation) {seconds:.1f} s")
         loop(20)
     if args.check:
-        first = loops["compiled step"].step
+        first = loops["compiled step"]
         for name, loop in loops.items():
-            if not name.startswith("compiled"):
+            if "compile" not in name:
                 continue
-            rel, dp, rel1, dp1 = check_equal_to_eager(data, config, loop.step)
-            same = check_determinism(data, config, loop.step, loop.step)
-            same_as_first = check_determinism(data, config, loop.step, first)
-            resume = check_resume(data, config, loop.step)
+            rel, dp, rel1, dp1 = check_equal_to_eager(data, loop.config, loop.step)
+            same = check_determinism(data, loop, loop)
+            same_as_first = check_determinism(data, loop, first)
+            resume = check_resume(data, loop.config, loop.step)
             print(
                 f"check {name}: vs eager, one step from the same state and eps: loss rel. diff "
                 f"{rel1:.1e}, params max |diff| {dp1:.1e}; 50 steps from the same seed: losses max "
@@ -370,9 +383,12 @@ def main() -> None:
 
     names = list(loops)
     times = {name: [] for name in names}
+    a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
     for r in range(args.rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             times[name].append(_timed(loops[name], args.steps))
+        peak = max(peak, 2 * 4096**3 / _timed(torch.mm, a, b)[0])  # the peak, sampled every round
+    print(f"float32 matmul peak, best of the above and one per round: {peak / 1e9:.1f} GFLOP/s")
     scale = EPOCH_STEPS / args.steps
     best = {name: min(w for w, _ in t) * scale for name, t in times.items()}
     eager, ref = best[names[0]], best[names[-1]]
@@ -381,7 +397,7 @@ def main() -> None:
         f"steps per loop, loops interleaved:"
     )
     print(
-        f"{'loop':<31} {'s/epoch':>8} {'(median)':>9} {'CPU s':>7} {'x eager':>8} {'x ref.':>7} "
+        f"{'loop':<37} {'s/epoch':>8} {'(median)':>9} {'CPU s':>7} {'x eager':>8} {'x ref.':>7} "
         f"{'GFLOP/s':>8} {'% peak':>7}"
     )
     for name in names:
@@ -390,7 +406,7 @@ def main() -> None:
         cpu = min(c for _, c in times[name]) * scale
         rate = flops / wall
         print(
-            f"{name:<31} {wall:8.2f} {median:9.2f} {cpu:7.2f} {eager / wall:7.2f}x {ref / wall:6.2f}x "
+            f"{name:<37} {wall:8.2f} {median:9.2f} {cpu:7.2f} {eager / wall:7.2f}x {ref / wall:6.2f}x "
             f"{rate / 1e9:8.1f} {100 * rate / peak:6.1f}%"
         )
     paired = {

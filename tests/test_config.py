@@ -83,6 +83,7 @@ INVALID = {
         (None, "integer"),
     ],
     "device": [("gpu", "'cuda'"), ("cuda:0", "'cpu'"), (None, "'auto'")],
+    "compile": [(1, "True or False"), ("yes", "True or False"), (None, "True or False")],
     "run_dir": [("", "non-empty path"), ("   ", "non-empty path"), (3, "non-empty path")],
     "train_subset": [(0, ">= 1"), (100.0, "integer"), ("100", "integer"), (True, "integer")],
     "test_subset": [(0, ">= 1"), (-5, ">= 1"), (10.0, "integer"), ("10", "integer"), (False, "integer")],
@@ -276,6 +277,9 @@ def test_numpy_scalars_are_accepted_and_stored_as_python_numbers():
         (dict(lr_schedule="burda", optimizer="adam", epochs=7), "epochs", ">= 8 with lr_schedule='burda'"),
         (dict(decoder="continuous_bernoulli", binarize="static"), "binarize", "'none' with decoder="),
         (dict(decoder="gaussian", binarize="dynamic"), "binarize", "'none' with decoder="),
+        (dict(compile=True), "compile", "optimizer='adam'"),
+        (dict(compile=True, optimizer="adam", algorithm="wake_sleep"), "compile", "algorithm='aevb'"),
+        (dict(compile=True, optimizer="adam", decoder="gaussian"), "compile", "decoder='bernoulli'"),
     ],
 )
 def test_fields_that_exclude_each_other(values, field, fragment):

@@ -180,6 +180,7 @@ def likelihood_configs(
                 **variant,
                 "dataset": "mnist",
                 "epochs": epochs,
+                "compile": variant["decoder"] == "bernoulli",  # the compiled step, ~1.8x faster
                 "train_subset": train_subset,
                 "test_subset": test_subset,
                 **overrides,

@@ -167,7 +167,7 @@ def reference_runs(name: str) -> list[TrainConfig]:
         ]
     elif kind == "likelihoods":
         configs = presets.likelihood_configs(
-            8, train_subset=500, test_subset=100, device="cpu", eval_iw_samples=20
+            8, train_subset=500, test_subset=100, device="cpu", eval_iw_samples=20, compile=False
         )
     else:
         return []

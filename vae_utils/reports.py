@@ -79,7 +79,11 @@ STYLESHEET = "jupyterlab.css"
 #: study.py and does not import it).
 STUDY_NOTEBOOKS = ("01_derivation", "02_train", "03_loss_curves", "04_reconstruction", "05_latent_manifold")
 #: A notebook's key figure: notebook name -> a piece of the source of the cell that draws it.
-KEY_FIGURES = {"05_latent_manifold": "plot_manifold("}
+KEY_FIGURES = {
+    "05_latent_manifold": "plot_manifold(",
+    "06_figure2": "plot_figure2(",
+    "07_likelihoods": "plot_nll_trend(",
+}
 THUMBNAIL = "thumbnail.png"
 THUMBNAIL_WIDTH = 160
 #: The figures the HTML holds and :func:`slim_notebook` removes from the .ipynb (SVG stays: nbconvert

@@ -855,7 +855,10 @@ def write_report(
     print(f"report: {notebook}.ipynb -> {_display(output)}", flush=True)
     run_notebook(notebook, parameters, output, cwd=notebooks_dir, notebooks_dir=notebooks_dir, stream=False)
     page = finalize_report(output)  # the HTML, then the figures dropped from the .ipynb
-    _write_json(output.parent / "report.json", _report_record(preset, resolve_path(sweep_dir), page.name))
+    record = _report_record(preset, resolve_path(sweep_dir), page.name)
+    if (output.parent / "thumbnail.png").is_file():  # finalize_report saved the key figure's
+        record["thumbnail"] = "thumbnail.png"
+    _write_json(output.parent / "report.json", record)
     write_index(output.parent.parent)
     print(f"report written: {_display(output)}, {_display(page)}", flush=True)
     return output

@@ -41,7 +41,8 @@ import torchvision
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_train import matmul_peak, reference_step, step_flops
 
-from vae_utils import VAE, TrainConfig, load_dataset
+from vae_utils import VAE, TrainConfig, load_dataset, presets
+from vae_utils.config import BURDA_EPOCHS
 from vae_utils.data import batches, data_root
 from vae_utils.loss import (
     gaussian_log_density,
@@ -50,20 +51,7 @@ from vae_utils.loss import (
 )
 from vae_utils.training import make_optimizer, train_step
 
-CONFIG = TrainConfig(
-    hidden_dim=200,
-    hidden_layers=2,
-    latent_dim=50,
-    batch_size=20,
-    optimizer="adam",
-    lr=1e-3,
-    adam_eps=1e-4,
-    lr_schedule="burda",
-    epochs=3280,
-    binarize="dynamic",
-    decoder="bernoulli",
-    activation="tanh",
-)
+CONFIG = TrainConfig(**{**presets.BURDA_MODEL, "binarize": "dynamic", "epochs": BURDA_EPOCHS})
 EPOCH_STEPS = 3000
 
 

@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from vae_utils import VAE, TrainConfig, load_dataset
+from vae_utils import VAE, TrainConfig, load_dataset, presets
+from vae_utils.config import BURDA_EPOCHS
 from vae_utils.data import data_root
 from vae_utils.training import make_optimizer, train_epoch
 
@@ -43,18 +44,7 @@ CONFIGS = {
         hidden_dim=400, latent_dim=20, activation="relu", optimizer="adam", lr=1e-3, batch_size=128
     ),
     "burda (784-200-200-50 tanh, Adam 1e-3 eps 1e-4, M=20, dynamic binarisation)": TrainConfig(
-        hidden_dim=200,
-        hidden_layers=2,
-        latent_dim=50,
-        batch_size=20,
-        optimizer="adam",
-        lr=1e-3,
-        adam_eps=1e-4,
-        lr_schedule="burda",
-        epochs=3280,
-        binarize="dynamic",
-        decoder="bernoulli",
-        activation="tanh",
+        **{**presets.BURDA_MODEL, "binarize": "dynamic", "epochs": BURDA_EPOCHS}
     ),
 }
 

@@ -705,11 +705,17 @@ def figure2_claims(table: pd.DataFrame) -> str:
     if "AEVB - WS (test)" not in table:
         return "Both algorithms are needed in every panel to check the paper's claims."
     lines = []
-    lead = table["AEVB - WS (test)"]
+    both = table[table["AEVB - WS (test)"].notna()]
+    missing = [f"{d} N_z = {z}" for d, z in table.index.difference(both.index)]
+    if missing:
+        lines.append(f"- Panels with one algorithm only, left out of the comparisons: {', '.join(missing)}.")
+    if both.empty:
+        return "\n".join(lines)
+    lead = both["AEVB - WS (test)"]
     ahead = lead > 0
     lines.append(
         f"- AEVB ends higher (test bound at the end of the budget) in {int(ahead.sum())} of "
-        f"{len(table)} panels"
+        f"{len(both)} panels"
         + (
             "."
             if ahead.all()
@@ -717,12 +723,12 @@ def figure2_claims(table: pd.DataFrame) -> str:
         )
     )
     lines.append(f"  Its lead ranges from {lead.min():.1f} to {lead.max():.1f} nats per datapoint.")
-    reach = table["AEVB reaches WS's final test bound at"]
-    fraction = reach / table["samples"]
+    reach = both["AEVB reaches WS's final test bound at"]
+    fraction = reach / both["samples"]
     faster = fraction.notna() & (fraction < 1)
     if faster.any():
         lines.append(
-            f"- AEVB converges faster: in {int(faster.sum())} of {len(table)} panels it reaches "
+            f"- AEVB converges faster: in {int(faster.sum())} of {len(both)} panels it reaches "
             "wake-sleep's final test bound before the end of the budget, after "
             f"{fraction[faster].min():.0%} to {fraction[faster].max():.0%} of the training samples."
         )

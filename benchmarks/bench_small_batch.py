@@ -29,7 +29,6 @@ import argparse
 import dataclasses
 import datetime
 import io
-import math
 import os
 import statistics
 import sys
@@ -41,14 +40,9 @@ import torchvision
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_train import matmul_peak, reference_step, step_flops
 
-from vae_utils import VAE, TrainConfig, load_dataset, presets
+from vae_utils import VAE, TrainConfig, load_dataset, presets, training
 from vae_utils.config import BURDA_EPOCHS
 from vae_utils.data import batches, data_root
-from vae_utils.loss import (
-    gaussian_log_density,
-    kl_standard_normal,
-    standard_normal_log_density,
-)
 from vae_utils.training import make_optimizer, train_step
 
 CONFIG = TrainConfig(**{**presets.BURDA_MODEL, "binarize": "dynamic", "epochs": BURDA_EPOCHS})
@@ -56,109 +50,18 @@ EPOCH_STEPS = 3000
 
 
 # ----------------------------------------------------------------------------- the compiled step
-# The code proposed for vae_utils.training (see the report of issue 7 section 3).
 
-
-def _mlp_apply(params, h, activation):
-    """vae_utils.model.mlp evaluated from its parameters [W0, b0, W1, b1, ...]."""
-    n = len(params) // 2
-    for i in range(n):
-        h = torch.nn.functional.linear(h, params[2 * i], params[2 * i + 1])
-        if i < n - 1:
-            h = torch.tanh(h) if activation == "tanh" else torch.relu(h)
-    return h
-
-
-def _functional_neg_elbo(params, n_enc, x, eps, activation, kl):
-    """-ELBO per datapoint of the Bernoulli VAE from its parameters (encoder's, then decoder's) and
-    the noise eps (L, B, N_z): loss.elbo's arithmetic in plain ops, because torch.func cannot trace
-    loss.py's autograd.Functions (inductor fuses these into one loop anyway)."""
-    mu, logvar = _mlp_apply(params[:n_enc], x, activation).chunk(2, dim=-1)
-    z = mu + torch.exp(0.5 * logvar) * eps
-    logits = _mlp_apply(params[n_enc:], z, activation)
-    recon = (x * logits - logits.clamp(min=0) + torch.sigmoid(logits.abs()).log()).sum(-1).mean(0)
-    if kl == "analytic":
-        kl_term = kl_standard_normal(mu, logvar).sum(-1)
-    else:
-        kl_term = (gaussian_log_density(z, mu, logvar) - standard_normal_log_density(z)).mean(0)
-    return (kl_term - recon).mean()
-
-
-def _adam_step(
-    params,
-    exp_avgs,
-    exp_avg_sqs,
-    steps,
-    coefs,
-    x,
-    eps,
-    n_enc,
-    activation,
-    kl,
-    beta1,
-    beta2,
-    adam_eps,
-    weight_decay,
-):
-    """Forward, backward and torch.optim.Adam's update, in place; returns (ELBO, loss)."""
-    grads, loss = torch.func.grad_and_value(_functional_neg_elbo)(params, n_enc, x, eps, activation, kl)
-    with torch.no_grad():
-        torch._foreach_add_(steps, 1)
-        # lr / (1 - beta1^t) and sqrt(1 - beta2^t) come in as a tensor: computed in here, inductor
-        # would recompute both powers in every iteration of every update loop (2.5x slower).
-        step_size, bias_correction2_sqrt = coefs[0], coefs[1]
-        for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs, strict=True):
-            if weight_decay:
-                g = g + weight_decay * p
-            m.lerp_(g, 1 - beta1)
-            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            p.sub_(step_size * m / (v.sqrt() / bias_correction2_sqrt + adam_eps))
-    return -loss.detach(), loss.detach()
-
-
-_COMPILED = {}
+_COMPILED: dict = {}
 
 
 def compiled_train_step(model, optimizer, x, config, generator, mode="default", cpp_wrapper=False):
-    """:func:`vae_utils.training.train_step` as one compiled graph (AEVB, Bernoulli decoder,
-    torch.optim.Adam with one parameter group); same arguments, same return value."""
+    """:func:`vae_utils.training.compiled_train_step` with vae_utils' graph compiled with another
+    ``mode`` or with the C++ wrapper (what vae_utils uses), to compare them."""
     key = mode, cpp_wrapper
     if key not in _COMPILED:  # mode "reduce-overhead" on a CPU: no CUDA graphs, no input size asserts
         how = {"options": {"cpp_wrapper": True}} if cpp_wrapper else {"mode": mode}  # not both
-        _COMPILED[key] = torch.compile(_adam_step, fullgraph=True, dynamic=False, **how)
-    (group,) = optimizer.param_groups
-    params = [*model.encoder.parameters(), *model.decoder.parameters()]
-    states = []
-    for p in params:
-        state = optimizer.state[p]
-        if not state:  # torch.optim.Adam's lazy initialisation (fused=True: a float32 step tensor)
-            state["step"] = torch.tensor(0.0, dtype=torch.float32, device=p.device)
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        states.append(state)
-    # the draw reparameterize() makes, from the same generator, in the same order
-    eps = torch.randn(
-        (config.n_samples, len(x), model.latent_dim), generator=generator, device=x.device, dtype=x.dtype
-    )
-    t = states[0]["step"].item() + 1  # the step about to be taken (a CPU tensor: no sync)
-    beta1, beta2 = group["betas"]
-    coefs = torch.tensor([group["lr"] / (1 - beta1**t), math.sqrt(1 - beta2**t)], dtype=x.dtype)
-    return _COMPILED[key](
-        params,
-        [s["exp_avg"] for s in states],
-        [s["exp_avg_sq"] for s in states],
-        [s["step"] for s in states],
-        coefs,
-        x,
-        eps,
-        len(list(model.encoder.parameters())),
-        config.activation,
-        config.kl,
-        beta1,
-        beta2,
-        group["eps"],
-        group["weight_decay"],
-    )
+        _COMPILED[key] = torch.compile(training._adam_step, fullgraph=True, dynamic=False, **how)
+    return training.compiled_train_step(model, optimizer, x, config, generator, step=_COMPILED[key])
 
 
 # ----------------------------------------------------------------------------- the loops, in slices

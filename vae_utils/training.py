@@ -258,8 +258,12 @@ def compiled_train_step(
     x: torch.Tensor,
     config: TrainConfig,
     generator: torch.Generator,
+    step: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`train_step` for AEVB with the Bernoulli decoder and Adam, as one compiled graph.
+
+    ``step`` is the compiled :func:`_adam_step` to call; by default one compiled with inductor's C++
+    wrapper, once per process (the benchmark passes others, compiled with other options).
 
     The same arguments, return value and random numbers (one ``torch.randn`` for eps from
     ``generator``, as :func:`vae_utils.loss.reparameterize` draws it); it updates the parameters
@@ -269,10 +273,12 @@ def compiled_train_step(
     cache warm, up to a minute cold); each new model shape or batch size compiles once more.
     """
     global _compiled_adam_step
-    if _compiled_adam_step is None:
-        _compiled_adam_step = torch.compile(
-            _adam_step, fullgraph=True, dynamic=False, options={"cpp_wrapper": True}
-        )
+    if step is None:
+        if _compiled_adam_step is None:
+            _compiled_adam_step = torch.compile(
+                _adam_step, fullgraph=True, dynamic=False, options={"cpp_wrapper": True}
+            )
+        step = _compiled_adam_step
     (group,) = optimizer.param_groups
     params = [*model.encoder.parameters(), *model.decoder.parameters()]
     states = []
@@ -289,7 +295,7 @@ def compiled_train_step(
     t = states[0]["step"].item() + 1  # the step about to be taken (a CPU tensor: no sync)
     beta1, beta2 = group["betas"]
     coefs = torch.tensor([group["lr"] / (1 - beta1**t), math.sqrt(1 - beta2**t)], dtype=x.dtype)
-    return _compiled_adam_step(
+    return step(
         params,
         [s["exp_avg"] for s in states],
         [s["exp_avg_sq"] for s in states],

@@ -12,6 +12,7 @@ import vae_utils.loss as loss
 import vae_utils.progress
 from vae_utils.loss import (
     ELBO,
+    LOG_2PI,
     bernoulli_log_likelihood,
     elbo,
     evaluate,
@@ -476,3 +477,38 @@ def test_per_datapoint_elbo_rows_and_frame():
     assert frame["recon"].to_numpy() == pytest.approx(terms.recon.double().numpy())
     reference = evaluate(model, x, n_samples=2, seed=3, batch_size=8)
     assert frame["elbo"].mean() == pytest.approx(reference["elbo"], rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- the z-ignored baseline
+
+
+def test_factorised_gaussian_is_the_closed_form_maximum():
+    x = torch.rand(200, 6, generator=torch.Generator().manual_seed(3)) * 0.5 + 0.2
+    mean, variance = x.double().mean(0), x.double().var(0, unbiased=False)
+    got = loss.factorised_log_likelihood(x, x, "gaussian", min_logvar=-20.0).double().mean()
+    # at the maximum-likelihood mean and variance, the average log density is -1/2 sum (log 2 pi s^2 + 1)
+    assert got.item() == pytest.approx(-0.5 * (LOG_2PI + torch.log(variance) + 1).sum().item(), rel=1e-6)
+    for shift, scale in ((0.01, 1.0), (0.0, 1.2), (0.0, 0.8)):  # moving either parameter lowers it
+        other = gaussian_log_density(x.double(), mean + shift, torch.log(variance * scale)).mean()
+        assert other < got
+
+
+def test_factorised_gaussian_holds_the_log_variance_at_the_decoders_floor():
+    x = torch.full((10, 3), 0.5)  # zero variance: unbounded without the floor
+    got = loss.factorised_log_likelihood(x, x, "gaussian", min_logvar=-6.0)
+    assert got[0].item() == pytest.approx(3 * -0.5 * (LOG_2PI - 6.0), rel=1e-6)
+
+
+def test_factorised_bernoulli_uses_add_one_smoothing():
+    x_fit = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]])  # pixel 2 never on
+    y = torch.tensor([3.0 / 5.0, 1.0 / 5.0])  # (sum + 1) / (N + 2)
+    x_eval = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    expected = (x_eval * y.log() + (1 - x_eval) * (1 - y).log()).sum(-1)
+    got = loss.factorised_log_likelihood(x_fit, x_eval, "bernoulli")
+    assert torch.allclose(got, expected)
+    assert torch.isfinite(got).all()  # a test image inking a pixel the training set never inked
+
+
+def test_factorised_log_likelihood_names_the_decoders_it_has():
+    with pytest.raises(ValueError, match="decoder = 'continuous_bernoulli'.*'bernoulli', 'gaussian'"):
+        loss.factorised_log_likelihood(torch.rand(3, 2), torch.rand(3, 2), "continuous_bernoulli")

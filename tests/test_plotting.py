@@ -5,6 +5,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
@@ -174,4 +176,124 @@ def test_every_figure_draws_without_warnings(model, x):
         assert isinstance(figure, (plt.Axes, plt.Figure))
     with pytest.raises(ValueError, match="x = 'time'"):
         plotting.plot_elbo_curves(history(), x="time")
+    plt.close("all")
+
+
+# ----------------------------------------------------------------------------- Figure 2 (06)
+
+
+def figure2_long():
+    """Two panels in figure2_histories' long form: MNIST N_z = 3 (both algorithms learn) and Frey
+    Face N_z = 2 (wake-sleep stays on the z-ignored plateau, KL 0.01)."""
+    samples = [1_000, 10_000, 100_000]
+    curves = {  # (dataset, N_z, algorithm): (train, test, test KL) at each evaluation
+        ("mnist", 3, "aevb"): ([-200, -150, -140], [-201, -152, -143], [2.0, 5.0, 7.0]),
+        ("mnist", 3, "wake_sleep"): ([-210, -170, -150], [-211, -171, -151], [1.0, 3.0, 5.0]),
+        ("frey_face", 2, "aevb"): ([500, 700, 820], [499, 690, 800], [1.0, 6.0, 9.0]),
+        ("frey_face", 2, "wake_sleep"): ([550, 560, 565], [549, 559, 564], [0.5, 0.1, 0.01]),
+    }
+    rows = []
+    for (dataset, z, algorithm), (train, test, kl) in curves.items():
+        for split, elbo in (("train", train), ("test", test)):
+            for i, s in enumerate(samples):
+                rows.append(
+                    dict(dataset=dataset, latent_dim=z, algorithm=algorithm, epoch=i + 1, samples=s)
+                    | dict(split=split, elbo=float(elbo[i]), kl=kl[i])
+                )
+    return pd.DataFrame(rows)
+
+
+BASELINES = pd.DataFrame({"train": [-206.0, 564.8], "test": [-205.8, 563.5]}, index=["mnist", "frey_face"])
+
+
+def test_figure2_table_values():
+    table = plotting.figure2_table(figure2_long(), BASELINES)
+    mnist, frey = table.loc[("MNIST", 3)], table.loc[("Frey Face", 2)]
+    assert (mnist["AEVB test"], mnist["AEVB gap"], mnist["AEVB KL"]) == (-143, 3, 7)
+    assert (mnist["WS test"], mnist["WS gap"], mnist["AEVB - WS (test)"]) == (-151, 1, 8)
+    assert mnist["AEVB reaches WS's final test bound at"] == 100_000  # -152 at 10^4 is still below -151
+    assert frey["AEVB reaches WS's final test bound at"] == 10_000
+    assert (frey["WS KL"], frey[plotting.Z_IGNORED], mnist[plotting.Z_IGNORED]) == (0.01, 563.5, -205.8)
+    assert list(plotting.figure2_table(figure2_long()).columns).count(plotting.Z_IGNORED) == 0
+
+
+def test_figure2_claims_check_each_claim():
+    claims = plotting.figure2_claims(plotting.figure2_table(figure2_long(), BASELINES)).splitlines()
+    assert claims[0] == "- AEVB ends higher (test bound at the end of the budget) in 2 of 2 panels."
+    assert claims[1] == "  Its lead ranges from 8.0 to 236.0 nats per datapoint."
+    assert claims[2] == (  # MNIST's AEVB reaches -151 only at the end of the budget: not faster
+        "- AEVB converges faster: in 1 of 2 panels it reaches wake-sleep's final test bound before the"
+        " end of the budget, after 10.0% of the training samples."
+    )
+    assert claims[3] == (
+        "- Latent code unused at the end (test KL term below 0.1 nats): wake-sleep in Frey Face N_z = 2"
+        " (its test bound +0.5 nats from the best model that ignores z)."
+    )
+    assert claims[4].startswith("- Overfitting against N_z (MNIST): AEVB's train - test gap is 3.0 (N_z = 3)")
+
+
+def test_figure2_axes_say_where_the_bounds_sit():
+    lines = plotting.figure2_axes(plotting.figure2_table(figure2_long())).splitlines()
+    assert lines[0] == "MNIST     AEVB final test bounds   -143.0 ..   -143.0   (paper's axis -150 .. -100)"
+    assert lines[-1] == "Frey Face WS   final test bounds    564.0 ..    564.0   (paper's axis 0 .. 1600)"
+
+
+def test_plot_figure2_draws_the_z_ignored_line_in_its_panel():
+    fig = plotting.plot_figure2(figure2_long(), BASELINES)
+    frey = next(ax for ax in fig.axes if ax.get_title().startswith("Frey Face"))
+    lines = [line for line in frey.get_lines() if line.get_label() == plotting.Z_IGNORED]
+    assert len(lines) == 1 and list(lines[0].get_ydata()) == [563.5, 563.5]
+    assert plotting.Z_IGNORED in [t.get_text() for t in fig.legends[0].get_texts()]
+    plt.close("all")
+
+
+def a_run(**fields):
+    """A Run built in memory: an untrained model of the configuration's shape and a 2-row history."""
+    from vae_utils.runfiles import Run
+
+    config = TrainConfig(**fields)
+    model = VAE.from_config(config, data_dim={"mnist": 784, "frey_face": 560}[config.dataset]).eval()
+    return Run(config, history(), model, Path("."), best_epoch=3, epoch=3, lr=0.02)
+
+
+def test_figure2_protocol_figure5_and_figure4a_from_runs():
+    runs = {
+        f"{d}{z}{a}": a_run(dataset=d, latent_dim=z, algorithm=a, hidden_dim=8, weight_decay=1 / 1765)
+        for d, z in (("mnist", 3), ("mnist", 5), ("frey_face", 2))
+        for a in ("aevb", "wake_sleep")
+    }
+    points = pd.DataFrame(
+        [
+            {"point": p, **{f: getattr(r.config, f) for f in ("dataset", "latent_dim", "algorithm")}}
+            for p, r in runs.items()
+        ]
+    )
+    protocol = plotting.figure2_protocol(runs)
+    assert protocol.index[0] == ("frey_face", 2, "aevb") and len(protocol) == 6
+    assert protocol.loc[("mnist", 5, "wake_sleep"), "weight decay"] == "1/1765"
+    assert protocol.loc[("mnist", 5, "wake_sleep"), "training samples"] == 3000
+    figures = plotting.plot_figure5(points, runs, seed=0, n=4)
+    assert [f._suptitle.get_text().split(":")[0] for f in figures] == ["MNIST", "Frey Face"]
+    assert [ax.get_ylabel() for ax in figures[0].axes[::4]] == ["N_z = 3", "N_z = 5"]  # AEVB only
+    assert isinstance(plotting.plot_figure4a(points, runs, grid_size=3), plt.Axes)
+    assert plotting.plot_figure4a(points[points["dataset"] == "mnist"], runs) is None
+    plt.close("all")
+
+
+def test_likelihood_runs_table_and_decoder_images():
+    runs = {
+        plotting.likelihood_label(r.config): r
+        for r in (
+            a_run(
+                decoder=d, hidden_dim=8, latent_dim=2, hidden_layers=2, lr_schedule="burda", optimizer="adam"
+            )
+            for d in ("bernoulli", "continuous_bernoulli")
+        )
+    }
+    table = plotting.likelihood_runs_table(runs)
+    assert list(table.index) == ["Bernoulli on grey levels", "continuous Bernoulli"]
+    assert table.loc["continuous Bernoulli", "architecture"] == "2 x 8 tanh, N_z = 2"
+    figures = plotting.plot_decoder_images(runs, torch.rand(3, 784), seed=0)
+    assert [ax.get_ylabel() for ax in figures[0].axes[::3]] == ["test images", *runs]
+    assert [ax.get_ylabel() for ax in figures[1].axes[::3]] == list(runs)
     plt.close("all")

@@ -599,3 +599,17 @@ def test_figure2_report_runs_the_notebook_and_exports_html(tmp_path, monkeypatch
     assert report["pages"] == ["06_figure2.html"] and report["command"] == "python -m vae_utils.sweep"
     assert report["headline"]["mnist: best final test ELBO, AEVB / wake-sleep"] == "-120.0 / -150.0"
     assert "Figure 2" in (tmp_path / "reports" / "index.html").read_text()
+
+
+def test_finished_points_names_the_parameter_and_what_is_missing(tmp_path):
+    with pytest.raises(ValueError, match=r"run_dirs = \[\] is invalid: allowed None or a non-empty list"):
+        sweep.finished_points("sweeps/x", [])
+    with pytest.raises(ValueError, match="sweep_dir = 3 is invalid: allowed a sweep folder"):
+        sweep.finished_points(3)
+    with pytest.raises(FileNotFoundError, match="sweep.json"):
+        sweep.finished_points(str(tmp_path))
+    run = tmp_path / "never_trained"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(TrainConfig(epochs=2).to_dict()))
+    with pytest.raises(ValueError, match="no finished run in .*never_trained.*: nothing to analyse"):
+        sweep.finished_points(None, [str(run)])

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple, Protocol
 import pandas as pd
 import torch
 
+from vae_utils.config import check_choice
 from vae_utils.progress import progress_bar
 
 LOG_2PI = math.log(2 * math.pi)
@@ -99,6 +100,33 @@ def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Ten
 def gaussian_log_density(x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """log N(x; mean, diag exp(logvar)) summed over the last dimension, 1/2 log 2 pi included."""
     return -0.5 * (LOG_2PI + logvar + (x - mean).pow(2) * torch.exp(-logvar)).sum(-1)
+
+
+def factorised_log_likelihood(
+    x_fit: torch.Tensor, x_eval: torch.Tensor, decoder: str, min_logvar: float = -6.0
+) -> torch.Tensor:
+    """log p(x) per row of ``x_eval`` under the best model that ignores z: independent pixels in the
+    decoder's family, fitted to ``x_fit`` by maximum likelihood.
+
+    A decoder whose output does not depend on z, with q(z|x) = p(z), has KL = 0 and a lower bound
+    (eq. 3) equal to this log-likelihood, so no such model's bound on ``x_fit`` is higher. It is the
+    plateau a model sits on while its latent code carries no information.
+
+    * ``"bernoulli"``: sum_i x_i log y_i + (1 - x_i) log(1 - y_i) with y_i = (sum_n x_ni + 1) /
+      (N + 2), the mean of pixel i with Laplace's add-one smoothing: a pixel that is always 0 in
+      ``x_fit`` (MNIST's corners) would otherwise give log 0 = -inf on any test image that inks it.
+    * ``"gaussian"``: mean and variance of pixel i, the log-variance held at or above
+      ``min_logvar`` as the decoder's is (:class:`vae_utils.model.GaussianDecoder`).
+    """
+    check_choice("decoder", decoder, ("bernoulli", "gaussian"))
+    x = x_eval.double()
+    if decoder == "bernoulli":
+        y = (x_fit.double().sum(0) + 1) / (len(x_fit) + 2)
+        return (x * torch.log(y) + (1 - x) * torch.log1p(-y)).sum(-1).to(x_eval.dtype)
+    mean = x_fit.double().mean(0)
+    variance = x_fit.double().var(0, unbiased=False)
+    logvar = torch.log(variance).clamp_min(min_logvar)
+    return gaussian_log_density(x, mean, logvar).to(x_eval.dtype)
 
 
 def standard_normal_log_density(z: torch.Tensor) -> torch.Tensor:

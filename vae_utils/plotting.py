@@ -582,14 +582,42 @@ def plot_per_class(
 
 ALGORITHM_LABELS = {"aevb": "AEVB", "wake_sleep": "wake-sleep"}
 DATASET_LABELS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "frey_face": "Frey Face"}
+#: The label of the best bound of a model whose decoder ignores z (:func:`figure2_baselines`).
+Z_IGNORED = "z ignored (test)"
+#: Below this test KL term (nats), a run's latent code carries next to nothing.
+UNUSED_CODE_KL = 0.1
+
 #: The y ranges of the paper's Figure 2 panels, to say where our numbers sit.
 PAPER_FIGURE2_YRANGE = {"mnist": (-150.0, -100.0), "frey_face": (0.0, 1600.0)}
 
 
+def figure2_protocol(runs: Mapping[str, Run]) -> pd.DataFrame:
+    """What each run of a Figure 2 sweep was: its model, initialisation, weight decay, the step size
+    its pilot chose, and how far it trained. One row per (dataset, N_z, algorithm)."""
+    rows = [
+        {
+            "dataset": r.config.dataset,
+            "N_z": r.config.latent_dim,
+            "algorithm": r.config.algorithm,
+            "hidden": r.config.hidden_dim,
+            "decoder": r.config.decoder,
+            "init": r.config.init,
+            "weight decay": f"1/{round(1 / r.config.weight_decay)}" if r.config.weight_decay else "0",
+            "step size (pilot's choice)": r.lr,
+            "epochs": r.epoch,
+            "training samples": int(r.history["samples"].iloc[-1]),
+        }
+        for r in runs.values()
+    ]
+    index = ["dataset", "N_z", "algorithm"]
+    return pd.DataFrame(rows).sort_values(index).set_index(index)
+
+
 def figure2_histories(points: pd.DataFrame) -> pd.DataFrame:
     """The histories of a sweep's points in long form: dataset, latent_dim, algorithm, epoch,
-    samples, split (train/test), elbo. ``points`` has one row per run with its ``run_dir`` and the
-    TrainConfig fields ``dataset``, ``latent_dim`` and ``algorithm`` (as ``sweep.load_sweep`` gives)."""
+    samples, split (train/test), elbo and its KL term. ``points`` has one row per run with its
+    ``run_dir`` and the TrainConfig fields ``dataset``, ``latent_dim`` and ``algorithm`` (as
+    ``sweep.load_sweep`` gives)."""
     frames = []
     for point in points.itertuples():
         history = pd.read_csv(f"{point.run_dir}/history.csv")
@@ -604,10 +632,30 @@ def figure2_histories(points: pd.DataFrame) -> pd.DataFrame:
                         "samples": history["samples"],
                         "split": split,
                         "elbo": history[f"{split}_elbo"],
+                        "kl": history[f"{split}_kl"],
                     }
                 )
             )
     return pd.concat(frames, ignore_index=True)
+
+
+def figure2_baselines(points: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset of ``points``, the lower bound of the best model that ignores z
+    (:func:`vae_utils.loss.factorised_log_likelihood` with the runs' decoder, fitted to the whole
+    training set): on the images of the runs' training curve (``x_train_eval``) and on the test set,
+    nats per datapoint. Index: dataset; columns: train, test."""
+    from vae_utils.data import load_dataset
+    from vae_utils.loss import factorised_log_likelihood
+
+    rows = {}
+    for row in points.drop_duplicates("dataset").itertuples():
+        data = load_dataset(row.dataset, row.data_dir, binarize=row.binarize)
+        assert data.x_train is not None and data.x_train_eval is not None  # loaded with train=True
+        rows[row.dataset] = {
+            split: factorised_log_likelihood(data.x_train, x, row.decoder, row.min_logvar).mean().item()
+            for split, x in (("train", data.x_train_eval), ("test", data.x_test))
+        }
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("dataset")
 
 
 def _panels(long: pd.DataFrame) -> list[tuple[str, int]]:
@@ -616,10 +664,14 @@ def _panels(long: pd.DataFrame) -> list[tuple[str, int]]:
     return sorted(((d, int(z)) for d, z in pairs), key=lambda p: (order.get(p[0], 99), p[1]))
 
 
-def plot_figure2(long: pd.DataFrame, columns: int | None = None) -> plt.Figure:
+def plot_figure2(
+    long: pd.DataFrame, baselines: pd.DataFrame | None = None, columns: int | None = None
+) -> plt.Figure:
     """The paper's Figure 2: one panel per (dataset, N_z), the lower bound per datapoint against
     training samples evaluated on a log axis, AEVB and wake-sleep, test solid and train dashed.
-    ``long`` is :func:`figure2_histories`'s table. Returns the Figure."""
+    ``long`` is :func:`figure2_histories`'s table; ``baselines`` (:func:`figure2_baselines`) adds a
+    grey dotted line at the test bound of the best model that ignores z, where it falls inside a
+    panel's y range. Returns the Figure."""
     panels = _panels(long)
     datasets = list(dict.fromkeys(d for d, _ in panels))
     columns = columns or max(sum(d == name for d, _ in panels) for name in datasets)
@@ -649,8 +701,15 @@ def plot_figure2(long: pd.DataFrame, columns: int | None = None) -> plt.Figure:
             if c == 0:
                 ax.set_ylabel(f"lower bound ({NATS})", fontsize=9)
             _zoom_to_the_end(ax, panel)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower right", fontsize=9, frameon=True)
+            if baselines is not None and name in baselines.index:
+                ax.axhline(
+                    baselines.loc[name, "test"], color="0.45", linestyle=":", linewidth=1.2, label=Z_IGNORED
+                )
+    handles: dict = {}
+    for ax in axes.flat:  # every label once, whichever panels show it
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    fig.legend(list(handles.values()), list(handles), loc="lower right", fontsize=9, frameon=True)
     fig.suptitle("Figure 2: AEVB against wake-sleep (test solid, train dashed)")
     fig.tight_layout()
     return fig
@@ -666,10 +725,12 @@ def _zoom_to_the_end(ax: plt.Axes, panel: pd.DataFrame) -> None:
     ax.set_ylim(bottom - margin, top + margin)
 
 
-def figure2_table(long: pd.DataFrame) -> pd.DataFrame:
+def figure2_table(long: pd.DataFrame, baselines: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per panel, at the end of the budget (each run's last evaluation): the train and test
-    bounds of AEVB and wake-sleep, AEVB's lead on the test set, each algorithm's train - test gap
-    (overfitting), and the training samples AEVB needed to reach wake-sleep's final test bound."""
+    bounds of AEVB and wake-sleep, each algorithm's train - test gap (overfitting) and test KL term
+    (the nats its latent code carries), AEVB's lead on the test set, and the training samples AEVB
+    needed to reach wake-sleep's final test bound; with ``baselines``, the test bound of the best
+    model that ignores z."""
     rows = []
     for name, z in _panels(long):
         panel = long[(long["dataset"] == name) & (long["latent_dim"] == z)]
@@ -678,13 +739,14 @@ def figure2_table(long: pd.DataFrame) -> pd.DataFrame:
             runs = panel[panel["algorithm"] == algorithm]
             if runs.empty:
                 continue
-            last = runs[runs["samples"] == runs["samples"].max()].set_index("split")["elbo"]
+            last = runs[runs["samples"] == runs["samples"].max()].set_index("split")
             row.update(
                 {
                     "samples": int(runs["samples"].max()),
-                    f"{label} train": last["train"],
-                    f"{label} test": last["test"],
-                    f"{label} gap": last["train"] - last["test"],
+                    f"{label} train": last.loc["train", "elbo"],
+                    f"{label} test": last.loc["test", "elbo"],
+                    f"{label} gap": last.loc["train", "elbo"] - last.loc["test", "elbo"],
+                    f"{label} KL": last.loc["test", "kl"],
                 }
             )
         if "AEVB test" in row and "WS test" in row:
@@ -692,6 +754,8 @@ def figure2_table(long: pd.DataFrame) -> pd.DataFrame:
             aevb = panel[(panel["algorithm"] == "aevb") & (panel["split"] == "test")]
             reached = aevb.loc[aevb["elbo"] >= row["WS test"], "samples"]
             row["AEVB reaches WS's final test bound at"] = int(reached.min()) if len(reached) else None
+        if baselines is not None and name in baselines.index:
+            row[Z_IGNORED] = baselines.loc[name, "test"]
         rows.append(row)
     table = pd.DataFrame(rows).set_index(["dataset", "N_z"]).round(2)
     for column in ("samples", "AEVB reaches WS's final test bound at"):
@@ -727,16 +791,37 @@ def figure2_claims(table: pd.DataFrame) -> str:
     fraction = reach / both["samples"]
     faster = fraction.notna() & (fraction < 1)
     if faster.any():
+        low, high = f"{fraction[faster].min():.1%}", f"{fraction[faster].max():.1%}"
         lines.append(
             f"- AEVB converges faster: in {int(faster.sum())} of {len(both)} panels it reaches "
             "wake-sleep's final test bound before the end of the budget, after "
-            f"{fraction[faster].min():.0%} to {fraction[faster].max():.0%} of the training samples."
+            f"{low if low == high else f'{low} to {high}'} of the training samples."
         )
     else:
         lines.append(
             "- AEVB converges faster: in no panel does AEVB reach wake-sleep's final test bound "
             "before the end of the budget."
         )
+    unused = []
+    for algorithm, label in (("aevb", "AEVB"), ("wake_sleep", "WS")):
+        if f"{label} KL" not in table:
+            continue
+        for (d, z), row in zip(table.index, table.to_dict("records"), strict=True):
+            if row[f"{label} KL"] < UNUSED_CODE_KL:
+                distance = row[f"{label} test"] - row.get(Z_IGNORED, float("nan"))
+                unused.append(
+                    f"{ALGORITHM_LABELS[algorithm]} in {d} N_z = {z}"
+                    + (
+                        f" (its test bound {distance:+.1f} nats from the best model that ignores z)"
+                        if Z_IGNORED in row
+                        else ""
+                    )
+                )
+    lines.append(
+        f"- Latent code unused at the end (test KL term below {UNUSED_CODE_KL} nats): "
+        + ("; ".join(unused) if unused else "in no run")
+        + "."
+    )
     for name, group in table.groupby(level="dataset", sort=False):
         gaps = group["AEVB gap"]
         zs = group.index.get_level_values("N_z")
@@ -747,6 +832,62 @@ def figure2_claims(table: pd.DataFrame) -> str:
             + (f"; its correlation with log N_z is {trend:+.2f}." if np.isfinite(trend) else ".")
         )
     return "\n".join(lines)
+
+
+def figure2_axes(table: pd.DataFrame) -> str:
+    """Where :func:`figure2_table`'s final test bounds sit against the y ranges of the paper's
+    Figure 2 panels: one line per dataset and algorithm."""
+    final = table.reset_index()
+    lines = []
+    for dataset, (low, high) in PAPER_FIGURE2_YRANGE.items():
+        name = DATASET_LABELS[dataset]
+        rows = final[final["dataset"] == name]
+        for label in ("AEVB", "WS"):
+            if f"{label} test" in rows and rows[f"{label} test"].notna().any():
+                values = rows[f"{label} test"].dropna()
+                lines.append(
+                    f"{name:<9} {label:<4} final test bounds {values.min():8.1f} .. {values.max():8.1f}"
+                    f"   (paper's axis {low:g} .. {high:g})"
+                )
+    return "\n".join(lines)
+
+
+@torch.no_grad()
+def plot_figure5(
+    points: pd.DataFrame, runs: Mapping[str, Run], seed: int = 0, n: int = 10
+) -> list[plt.Figure]:
+    """The paper's Figure 5, one figure per dataset: decoder means E[x|z] of ``n`` draws z ~ p(z)
+    (seeded with ``seed``, the same for every row) from each AEVB model, one row per N_z.
+    ``runs`` maps each point of ``points`` to its loaded run."""
+    from vae_utils.data import IMAGE_SHAPES
+
+    figures = []
+    for dataset in points["dataset"].unique():
+        chosen = points[(points["dataset"] == dataset) & (points["algorithm"] == "aevb")]
+        rows = {}
+        for p in chosen.sort_values("latent_dim").itertuples():
+            model = runs[p.point].model
+            rows[f"N_z = {p.latent_dim}"] = model.decode(
+                model.sample_prior(n, torch.Generator().manual_seed(seed))
+            )
+        if rows:
+            title = f"{DATASET_LABELS.get(dataset, dataset)}: decoder means of {n} draws z ~ p(z), AEVB"
+            figures.append(plot_image_rows(rows, IMAGE_SHAPES[dataset], suptitle=title))
+    return figures
+
+
+def plot_figure4a(points: pd.DataFrame, runs: Mapping[str, Run], grid_size: int = 12) -> plt.Axes | None:
+    """The paper's Figure 4(a): the Frey Face manifold of the AEVB run with N_z = 2 among
+    ``points`` (:func:`plot_manifold`), or None when there is no such run."""
+    from vae_utils.data import IMAGE_SHAPES
+
+    chosen = points[
+        (points["dataset"] == "frey_face") & (points["latent_dim"] == 2) & (points["algorithm"] == "aevb")
+    ]
+    if chosen.empty:
+        return None
+    _, ax = plt.subplots(figsize=(5.5, 7))
+    return plot_manifold(runs[chosen["point"].iloc[0]].model, IMAGE_SHAPES["frey_face"], grid_size, ax=ax)
 
 
 # ----------------------------------------------------------------------------- likelihoods (07)
@@ -797,6 +938,47 @@ def schedule_label(config: TrainConfig, epochs_run: int) -> str:
         length = f"{config.epochs:,} epochs at step size {config.lr:g}"
     done = "" if epochs_run >= config.epochs else f"; stopped after {epochs_run:,}"
     return f"{length}, {config.optimizer}, M = {config.batch_size}{done}"
+
+
+def likelihood_runs(points: pd.DataFrame) -> dict[str, Run]:
+    """The runs of ``points`` loaded at their last checkpoint, by :func:`likelihood_label`."""
+    from vae_utils.runfiles import load_run
+
+    runs = (load_run(str(run_dir), checkpoint="last") for run_dir in points["run_dir"])
+    return {likelihood_label(r.config): r for r in runs}
+
+
+def likelihood_runs_table(runs: Mapping[str, Run]) -> pd.DataFrame:
+    """What each run of notebook 07 is: architecture, initialisation, schedule, training samples."""
+    return pd.DataFrame(
+        [
+            {
+                "run": label,
+                "architecture": f"{r.config.hidden_layers} x {r.config.hidden_dim} {r.config.activation}, "
+                f"N_z = {r.config.latent_dim}",
+                "init": r.config.init,
+                "schedule": schedule_label(r.config, r.epoch),
+                "training samples": int(r.history["samples"].iloc[-1]),
+            }
+            for label, r in runs.items()
+        ]
+    ).set_index("run")
+
+
+@torch.no_grad()
+def plot_decoder_images(runs: Mapping[str, Run], x: torch.Tensor, seed: int = 0) -> list[plt.Figure]:
+    """Two figures for comparing decoders: the images ``x`` above each run's reconstructions
+    (decoder means at z = mu(x)), and each run's decoder means of len(x) draws z ~ p(z), seeded
+    with ``seed``. Images are 28 x 28."""
+    rows = {"test images": x, **{label: r.model.reconstruct(x) for label, r in runs.items()}}
+    samples = {  # a fresh generator per run: every row decodes the same prior draws
+        label: r.model.decode(r.model.sample_prior(len(x), torch.Generator().manual_seed(seed)))
+        for label, r in runs.items()
+    }
+    return [
+        plot_image_rows(rows, (28, 28), suptitle="Reconstructions (decoder means)"),
+        plot_image_rows(samples, (28, 28), suptitle=f"Decoder means of {len(x)} draws z ~ p(z)"),
+    ]
 
 
 def likelihood_table(

@@ -59,7 +59,7 @@ After ``--preset figure2`` finishes with every point done, ``notebooks/06_figure
 with ``sweep_dir`` into ``reports/figure2/`` and exported as HTML (``--no-report`` skips it); after
 ``--preset likelihoods``, ``notebooks/07_likelihoods.ipynb`` into ``reports/likelihoods/``. The
 presets themselves are in :mod:`vae_utils.presets`; for ``likelihoods`` the budget names (or is) a
-number of epochs of Burda et al.'s schedule (``cpu``: 164 of its 3,280).
+number of epochs of Burda et al.'s schedule (``cpu``: 82 of its 3,280).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ from vae_utils.presets import (
     figure2_configs,  # noqa: F401 (re-exported: sweep.figure2_configs is public)
     n_train,
 )
-from vae_utils.runfiles import atomic_write_text, existing_run_files, run_state
+from vae_utils.runfiles import atomic_write_text, existing_run_files, run_state, runs_table
 from vae_utils.study import (
     NOTEBOOKS_DIR,
     REPORTS_DIR,
@@ -508,6 +508,23 @@ def load_sweep(sweep_dir: str | Path) -> pd.DataFrame:
         )
     columns = ["point", "run_dir", "status", *(f for f in FIELDS if f != "run_dir"), *RESULT_COLUMNS[1:]]
     return pd.DataFrame(rows, columns=columns).astype({"epoch": "Int64", "samples": "Int64"})  # 3, not 3.0
+
+
+def finished_points(sweep_dir: str | None, run_dirs: list | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """The finished runs a notebook analyses (06, 07), and the names of the sweep's unfinished points.
+
+    ``run_dirs`` (a non-empty list of run directories) wins over ``sweep_dir`` (a folder made by
+    this module); either way one row per run, as :func:`load_sweep` gives. ``ValueError`` names the
+    parameter when neither is usable or when no run has finished."""
+    if run_dirs is not None and (not isinstance(run_dirs, list) or not run_dirs):
+        fail("run_dirs", run_dirs, "None or a non-empty list of run directories")
+    if run_dirs is None and not isinstance(sweep_dir, str):
+        fail("sweep_dir", sweep_dir, "a sweep folder (str)")
+    points = runs_table(run_dirs) if run_dirs is not None else load_sweep(str(sweep_dir))
+    done = points["status"] == "done"
+    if not done.any():
+        raise ValueError(f"no finished run in {run_dirs or sweep_dir}: nothing to analyse")
+    return points[done].reset_index(drop=True), list(points.loc[~done, "point"])
 
 
 def write_sweep_table(sweep_dir: str | Path) -> pd.DataFrame:

@@ -207,7 +207,7 @@ BAD_PARAMETERS = [
     ("05_latent_manifold", {"run_dir": MISSING_RUN}, "FileNotFoundError", MISSING_RUN),
     ("06_figure2", {"sweep_dir": MISSING_RUN}, "FileNotFoundError", "is not a sweep: "),
     ("06_figure2", {"seed": -1}, "ValueError", "seed = -1 is invalid: allowed an integer >= 0"),
-    ("07_likelihoods", {"run_dirs": []}, "ValueError", "run_dirs = [] is invalid: allowed None or a non-empty"),
+    ("07_likelihoods", {"run_dirs": []}, "ValueError", "run_dirs = [] is invalid: allowed None or a"),
     ("07_likelihoods", {"iw_samples": 0}, "ValueError", "iw_samples = 0 is invalid"),
 ]
 

@@ -237,7 +237,11 @@ def test_a_failure_names_notebook_and_cell(tiny_notebooks, tmp_path, capsys):
     tiny_notebook(
         tiny_notebooks / "02_train.ipynb", "latent_dim = 2\nrun_dir = None", "print('start')\n1 / 0"
     )
+    earlier = tmp_path / "reports" / "broken" / "thumbnail.png"  # left by an earlier attempt
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"an earlier attempt's Figure 4")
     assert study.main(argv) == 1
+    assert not earlier.exists()  # the index must not show a figure this attempt did not make
     err = capsys.readouterr().err
     # cells: markdown 0, parameters 1, injected-parameters 2, the failing cell 3
     assert "02_train.ipynb failed at cell 3: ZeroDivisionError: division by zero" in err

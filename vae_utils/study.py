@@ -54,6 +54,7 @@ from typing import Any, TextIO
 from vae_utils import config as _config
 from vae_utils.config import ANALYSIS_OPTIONS, PROJECT_ROOT, TrainConfig, check_analysis_option
 from vae_utils.reports import (
+    THUMBNAIL,
     export_html,  # noqa: F401 (re-exported: study.export_html is public)
     finalize_report,
     write_index,
@@ -488,7 +489,7 @@ def _clear_study_folder(folder: Path) -> None:
     for nb in NOTEBOOKS:
         for suffix in (".ipynb", ".html"):
             (folder / f"{nb}{suffix}").unlink(missing_ok=True)
-    for f in ("study.json", "config.json", "history.csv"):
+    for f in ("study.json", "config.json", "history.csv", THUMBNAIL):
         (folder / f).unlink(missing_ok=True)
 
 

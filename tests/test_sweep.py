@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 
 import vae_utils
-from vae_utils import sweep, training
+from vae_utils import presets, sweep, training
 from vae_utils.config import PAPER_STEP_SIZES, TRAIN_SIZES, TrainConfig
 from vae_utils.runfiles import run_state
 
@@ -613,3 +613,74 @@ def test_finished_points_names_the_parameter_and_what_is_missing(tmp_path):
     (run / "config.json").write_text(json.dumps(TrainConfig(epochs=2).to_dict()))
     with pytest.raises(ValueError, match="no finished run in .*never_trained.*: nothing to analyse"):
         sweep.finished_points(None, [str(run)])
+
+
+def test_kernel_import_problem_names_what_a_points_kernel_would_hit(tmp_path):
+    assert sweep.kernel_import_problem() is None  # this Python, from outside the project: this package
+    missing = tmp_path / "python-without-vae_utils"
+    missing.write_text("#!/bin/sh\necho \"ModuleNotFoundError: No module named 'vae_utils'\" >&2\nexit 1\n")
+    missing.chmod(0o755)
+    assert sweep.kernel_import_problem(str(missing)) == "ModuleNotFoundError: No module named 'vae_utils'"
+    elsewhere = tmp_path / "python-with-another-copy"
+    elsewhere.write_text("#!/bin/sh\necho /old/clone/vae_utils/__init__.py\n")
+    elsewhere.chmod(0o755)
+    problem = sweep.kernel_import_problem(str(elsewhere))
+    assert (
+        problem
+        == f"it imports vae_utils from /old/clone/vae_utils, not {Path(vae_utils.__file__).resolve().parent}"
+    )
+
+
+def test_likelihoods_report_headline_is_notebook_07s_estimates(tmp_path, monkeypatch):
+    sweep_dir = tmp_path / "sweeps" / "lik"
+    every = presets.likelihood_configs(8, train_subset=100, test_subset=100)
+    configs = [every[0], every[3], every[4]]  # dynamic binarisation, continuous Bernoulli, Gaussian
+    names = sweep.point_names(configs)
+    (sweep_dir / "points").mkdir(parents=True)
+    command = "python -m vae_utils.sweep --preset likelihoods --budget cpu --overwrite"
+    points = {n: c.to_dict() for n, c in zip(names, configs, strict=True)}
+    (sweep_dir / "sweep.json").write_text(json.dumps({"points": points, "budget": "cpu", "command": command}))
+    for name, config in zip(names, configs, strict=True):
+        folder = sweep_dir / "points" / name
+        folder.mkdir()
+        (folder / "point.json").write_text(json.dumps({"status": "done"}))
+        (folder / "config.json").write_text(json.dumps(config.to_dict()))
+        history = pd.DataFrame(
+            [{"epoch": 8, "samples": 800, "seconds": 1.0, "train_elbo": -99.0, "test_elbo": -98.0}]
+        )
+        history.to_csv(folder / "history.csv", index=False)
+    tables = [  # what 07 prints: the binarised runs' NLL, the grey decoders' log p(x) (no Gaussian here)
+        pd.DataFrame(
+            {"regime": ["dynamically binarised"], "NLL": [92.83]}, index=["VAE, dynamic binarisation"]
+        ),
+        pd.DataFrame({"log p(x), k=5000": [3541.55]}, index=["continuous Bernoulli"]),
+    ]
+    outputs = [
+        nbformat.v4.new_output("execute_result", {"text/html": t.rename_axis("run").to_html()})
+        for t in tables
+    ]
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell('sweep_dir = "x"', metadata={"tags": ["parameters"]}),
+            nbformat.v4.new_code_cell("t", outputs=outputs),
+        ],
+        metadata={"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}},
+    )
+    nbformat.write(nb, tmp_path / "07_likelihoods.ipynb")
+
+    def fake_run_notebook(notebook, parameters, output, **kwargs):
+        output.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, output)
+        return output
+
+    monkeypatch.setattr(sweep, "run_notebook", fake_run_notebook)
+    out = sweep.write_report("likelihoods", sweep_dir, tmp_path / "reports" / "likelihoods", tmp_path)
+    report = json.loads((out.parent / "report.json").read_text())
+    assert report["command"] == "python -m vae_utils.sweep --preset likelihoods --budget cpu"
+    assert report["headline"] == {
+        "points done": "3 of 3",
+        "budget": "cpu",
+        "test NLL, k=5000: VAE, dynamic binarisation (Burda et al.: 86.76)": "92.83",
+        "test log p(x), k=5000: continuous Bernoulli": "3541.55",
+        "final test ELBO: Gaussian": "-98.00",  # no estimate in the notebook: the run's own number
+    }

@@ -58,7 +58,7 @@ import os
 import re
 import shlex
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -585,36 +585,55 @@ def _read_notebook(path: Path) -> Any:
         return None
 
 
+def _html_tables(path: Path, needle: str) -> Iterator[list[list[str]]]:
+    """The rows (cell texts) of each HTML table among the outputs of the notebook at ``path``
+    whose HTML contains ``needle``, in order; nothing when the notebook is missing or unreadable."""
+    nb = _read_notebook(path)
+    for cell in nb.cells if nb else []:
+        for output in cell.get("outputs", []):
+            page = output.get("data", {}).get("text/html", "")
+            if needle in page:
+                parser = _Tables()
+                parser.feed(page)
+                yield parser.rows
+
+
 def log_likelihood(folder: Path) -> dict:
     """The importance-weighted log p(x) from the folder's executed ``03_loss_curves.ipynb``:
     ``{"log p(x), k=5000": -148.99, "test images": 10000}``, or {} when it is not there.
 
     It is the table ``plotting.likelihood_summary`` made (a column ``log p(x), k=<k>``), first row.
     """
-    nb = _read_notebook(Path(folder) / "03_loss_curves.ipynb")
-    for cell in nb.cells if nb else []:
-        for output in cell.get("outputs", []):
-            table = output.get("data", {}).get("text/html", "")
-            if "log p(x), k=" not in table:
-                continue
-            parser = _Tables()
-            parser.feed(table)
-            header = next(
-                (row for row in parser.rows if any(c.startswith("log p(x), k=") for c in row)), None
-            )
-            body = [row for row in parser.rows if header and len(row) == len(header) and row is not header]
-            if header is None or not body:
-                continue
-            values = dict(zip(header, body[0], strict=True))
-            key = next(c for c in header if c.startswith("log p(x), k="))
-            try:
-                result: dict = {key: float(values[key])}
-                if values.get("images"):
-                    result["test images"] = int(float(values["images"]))
-            except ValueError:
-                continue
-            return result
+    for rows in _html_tables(Path(folder) / "03_loss_curves.ipynb", "log p(x), k="):
+        header = next((row for row in rows if any(c.startswith("log p(x), k=") for c in row)), None)
+        body = [row for row in rows if header and len(row) == len(header) and row is not header]
+        if header is None or not body:
+            continue
+        values = dict(zip(header, body[0], strict=True))
+        key = next(c for c in header if c.startswith("log p(x), k="))
+        try:
+            result: dict = {key: float(values[key])}
+            if values.get("images"):
+                result["test images"] = int(float(values["images"]))
+        except ValueError:
+            continue
+        return result
     return {}
+
+
+def table_value(path: Path, column: str, row: str) -> float | None:
+    """The number in column ``column`` of the row labelled ``row`` (a DataFrame's index label, the
+    row's first cell) of the first table among the outputs of the notebook at ``path`` that has
+    both; None when no table has them or the cell is not a number."""
+    for rows in _html_tables(path, column):
+        header = next((r for r in rows if column in r), None)
+        match = next((r for r in rows if header and len(r) == len(header) and r[0] == row), None)
+        if header is not None and match is not None:
+            try:
+                return float(match[header.index(column)])
+            except ValueError:
+                return None
+    return None
 
 
 def study_command(record: dict) -> str:

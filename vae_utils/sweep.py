@@ -76,7 +76,9 @@ import re
 import shlex
 import shutil
 import socket
+import subprocess
 import sys
+import tempfile
 import time
 import typing
 from collections.abc import Collection, Mapping, Sequence
@@ -691,6 +693,7 @@ def _execute(
     try:
         if scheduler is not None:
             _check_workers(client, plan.folder)
+        _check_kernels(client)
         where = scheduler or f"a LocalCluster of {len(client.scheduler_info()['workers'])} worker(s)"
         print(f"engine: Dask on {where}, {threads} torch thread(s) per point", flush=True)
         if importlib.util.find_spec("bokeh") is not None and getattr(client, "dashboard_link", None):
@@ -780,6 +783,38 @@ def _check_workers(client: Client, folder: Path) -> None:
             f"worker(s) {', '.join(blind)} do not see {folder}: the sweeps folder must be on a "
             "filesystem shared with the workers, at the same path (--sweeps-dir)"
         )
+
+
+def _check_kernels(client: Client) -> None:
+    """Fail early when the points' kernels could not import this package: each worker starts them
+    as fresh interpreters, which see only what is installed, not the client's folder."""
+    problems = {worker: p for worker, p in client.run(kernel_import_problem).items() if p}
+    if problems:
+        worker, problem = next(iter(problems.items()))
+        raise SweepError(
+            f"a point's kernel on worker(s) {', '.join(sorted(problems))} cannot use this package "
+            f"({worker}: {problem}): install it there with pip install -e <project folder> "
+            "(pip install -r requirements.txt does)"
+        )
+
+
+def kernel_import_problem(executable: str | None = None) -> str | None:
+    """None when a fresh ``executable`` (default: this Python, as a point's kernel is), started
+    outside the project, imports this very vae_utils; else why not: the error it raises, or the
+    other folder it imports vae_utils from (an editable install that points elsewhere)."""
+    here = Path(__file__).resolve().parent
+    command = [executable or sys.executable, "-c", "import vae_utils; print(vae_utils.__file__)"]
+    try:
+        result = subprocess.run(
+            command, cwd=tempfile.gettempdir(), capture_output=True, text=True, timeout=300
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"{type(error).__name__}: {error}"
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines()
+        return lines[-1] if lines else f"exit status {result.returncode}"
+    found = Path(result.stdout.strip().splitlines()[-1]).resolve().parent
+    return None if found == here else f"it imports vae_utils from {found}, not {here}"
 
 
 def _is_dir(path: str) -> bool:
@@ -872,7 +907,7 @@ def write_report(
     print(f"report: {notebook}.ipynb -> {_display(output)}", flush=True)
     run_notebook(notebook, parameters, output, cwd=notebooks_dir, notebooks_dir=notebooks_dir, stream=False)
     page = finalize_report(output)  # the HTML, then the figures dropped from the .ipynb
-    record = _report_record(preset, resolve_path(sweep_dir), page.name)
+    record = _report_record(preset, resolve_path(sweep_dir), output)
     if (output.parent / "thumbnail.png").is_file():  # finalize_report saved the key figure's
         record["thumbnail"] = "thumbnail.png"
     _write_json(output.parent / "report.json", record)
@@ -888,24 +923,44 @@ def write_figure2_report(
     return write_report("figure2", sweep_dir, reports_dir, notebooks_dir)
 
 
-def _report_record(preset: str, sweep_dir: Path, page: str) -> dict:
-    """The report folder's ``report.json`` for the reports' landing page: title, command, headline."""
+def _report_record(preset: str, sweep_dir: Path, executed: Path) -> dict:
+    """The report folder's ``report.json`` for the reports' landing page: title, command (the
+    sweep's, without ``--overwrite``: what reproduces the report on a fresh clone), headline.
+
+    The likelihoods' headline is what notebook 07 (``executed``) estimated: the binarised runs' test
+    NLL and the grey decoders' log p(x) with k = 5000, falling back to the runs' final test ELBO
+    when the notebook has no such number."""
+    from vae_utils.plotting import likelihood_label
+    from vae_utils.reports import table_value
+
     record = _read_json(sweep_dir / "sweep.json")
     table = load_sweep(sweep_dir)
     headline: dict = {
         "points done": f"{int((table['status'] == 'done').sum())} of {len(table)}",
         "budget": record.get("budget"),
     }
+    command = [part for part in shlex.split(record.get("command", "")) if part != "--overwrite"]
     common = {
-        "command": record.get("command", ""),
-        "pages": [page],
+        "command": shlex.join(command),
+        "pages": [executed.with_suffix(".html").name],
         "date": (record.get("finished") or "")[:16].replace("T", " "),
     }
     if preset == "likelihoods":
         for row in table.itertuples():
-            binarize, decoder = str(row.binarize), str(row.decoder)  # str columns; the stubs say Scalar
-            regime = binarize if binarize != "none" else f"grey, {decoder}"
-            headline[f"final test ELBO ({regime})"] = f"{row.test_elbo:.2f}"
+            saved = _read_json(Path(str(row.run_dir)) / "config.json")
+            if not saved:  # never started
+                continue
+            config = TrainConfig.from_dict(saved)
+            label = likelihood_label(config)
+            if config.binarize != "none":
+                value = table_value(executed, "NLL", label)
+                name = f"test NLL, k=5000: {label} (Burda et al.: 86.76)"
+            else:
+                value = table_value(executed, "log p(x), k=5000", label)
+                name = f"test log p(x), k=5000: {label}"
+            if value is None:
+                value, name = float(str(row.test_elbo)), f"final test ELBO: {label}"
+            headline[name] = f"{value:.2f}"
         return {
             "title": "Likelihoods: binarised MNIST against Burda et al., grey-level decoders side by side",
             "headline": headline,

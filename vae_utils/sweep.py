@@ -954,10 +954,14 @@ def _report_record(preset: str, sweep_dir: Path, executed: Path) -> dict:
             label = likelihood_label(config)
             if config.binarize != "none":
                 value = table_value(executed, "NLL", label)
-                name = f"test NLL, k=5000: {label} (Burda et al.: 86.76)"
+                name = f"test NLL, k=5000: {label}" + (
+                    " (Burda et al.: 86.76)" if config.binarize == "dynamic" else ""
+                )
             else:
                 value = table_value(executed, "log p(x), k=5000", label)
-                name = f"test log p(x), k=5000: {label}"
+                name = f"test log p(x), k=5000: {label}" + (
+                    " (not a likelihood)" if config.decoder == "bernoulli" else ""
+                )
             if value is None:
                 value, name = float(str(row.test_elbo)), f"final test ELBO: {label}"
             headline[name] = f"{value:.2f}"

@@ -18,7 +18,7 @@ images are clipped to [0, 1] for display only.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -342,6 +342,12 @@ def plot_manifold(
 # ----------------------------------------------------------------------------- curves
 
 
+#: How history_long's curves are drawn: a colour per run, test solid and train dashed, dots at evaluations.
+RUN_LINES: dict[str, Any] = dict(
+    hue="run", style="split", style_order=["test", "train"], marker="o", markersize=4
+)
+
+
 def plot_elbo_curves(histories: Histories, x: str = "epoch", ax: plt.Axes | None = None) -> plt.Axes:
     """Train (dashed) and test (solid) ELBO of one or several runs.
 
@@ -354,17 +360,7 @@ def plot_elbo_curves(histories: Histories, x: str = "epoch", ax: plt.Axes | None
     data = data[data["term"] == "elbo"]
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 4.5))
-    sns.lineplot(
-        data=data,
-        x=x,
-        y="value",
-        hue="run",
-        style="split",
-        style_order=["test", "train"],
-        marker="o",
-        markersize=4,
-        ax=ax,
-    )
+    sns.lineplot(data=data, x=x, y="value", ax=ax, **RUN_LINES)
     if x == "samples":
         ax.set_xscale("log")
         ax.set(
@@ -388,17 +384,7 @@ def plot_elbo_terms(histories: Histories) -> plt.Figure:
         (axes[0], "recon", r"Expected log-likelihood $E_q[\log p(x|z)]$"),
         (axes[1], "kl", r"$KL(q(z|x)\,\|\,p(z))$"),
     ):
-        sns.lineplot(
-            data=data[data["term"] == term],
-            x="epoch",
-            y="value",
-            hue="run",
-            style="split",
-            style_order=["test", "train"],
-            marker="o",
-            markersize=4,
-            ax=ax,
-        )
+        sns.lineplot(data=data[data["term"] == term], x="epoch", y="value", ax=ax, **RUN_LINES)
         ax.set(title=title, xlabel="epoch", ylabel=f"nats ({NATS})")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)

@@ -893,7 +893,7 @@ def write_report(
     Returns the executed notebook, or None (with a message) when the notebook does not exist.
     ``sweep_dir`` is passed relative to the project root when it lies inside it.
     """
-    from vae_utils.reports import finalize_report, write_index
+    from vae_utils.reports import THUMBNAIL, finalize_report, write_index
 
     notebook, default_dir = REPORTS[preset]
     notebooks_dir = resolve_path(notebooks_dir)
@@ -908,8 +908,8 @@ def write_report(
     run_notebook(notebook, parameters, output, cwd=notebooks_dir, notebooks_dir=notebooks_dir, stream=False)
     page = finalize_report(output)  # the HTML, then the figures dropped from the .ipynb
     record = _report_record(preset, resolve_path(sweep_dir), output)
-    if (output.parent / "thumbnail.png").is_file():  # finalize_report saved the key figure's
-        record["thumbnail"] = "thumbnail.png"
+    if (output.parent / THUMBNAIL).is_file():  # finalize_report saved the key figure's
+        record["thumbnail"] = THUMBNAIL
     _write_json(output.parent / "report.json", record)
     write_index(output.parent.parent)
     print(f"report written: {_display(output)}, {_display(page)}", flush=True)

@@ -20,6 +20,7 @@ import sys
 import threading
 from pathlib import Path
 
+import dask
 import nbformat
 import pandas as pd
 import pytest
@@ -336,6 +337,18 @@ def test_resume_after_interrupt_finishes_only_the_missing_point(sched_sweep, tmp
 # ----------------------------------------------------------------------------- the default LocalCluster
 
 
+def test_local_cluster_workers_run_without_profiler_or_gil_monitor():
+    """The workers only wait on kernels: their sampling profiler and monitors are off or slowed."""
+    client, cluster = sweep._connect(None, 1, 1, 1)
+    try:
+        (settings,) = client.run(lambda: {key: dask.config.get(key) for key in sweep.QUIET_WORKERS}).values()
+    finally:
+        client.close()
+        cluster.close()
+    assert settings == sweep.QUIET_WORKERS
+    assert settings["distributed.worker.profile.enabled"] is False
+
+
 @pytest.fixture(scope="module")
 def local_sweep(shared_data, tmp_path_factory):
     """Two MNIST points on a LocalCluster of 2 workers; lr = 1e8 diverges (TrainingDiverged)."""
@@ -432,6 +445,18 @@ def test_run_sweep_refuses_bad_grids_before_creating_anything(tmp_path, no_clust
     with pytest.raises(ValueError, match=r"name = 'a b' is invalid"):
         sweep.run_sweep({"latent_dim": [2]}, "a b", sweeps_dir=tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+def test_ctrl_c_exits_130_with_the_summary_and_no_traceback(tmp_path, no_cluster, monkeypatch):
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "_execute", interrupted)
+    rc, out, err = run_main(["--name", "cc", "--grid", "latent_dim=2,3", "--sweeps-dir", str(tmp_path)])
+    assert rc == 130
+    assert "sweep cc: 0 of 2 points done (interrupted)" in out and "re-run the same command" in out
+    assert err.strip() == "interrupted (Ctrl-C)"
+    assert json.loads((tmp_path / "cc" / "sweep.json").read_text())["status"] == "interrupted"
 
 
 # ----------------------------------------------------------------------------- planning
@@ -534,9 +559,17 @@ def test_point_names_say_every_other_axis():
 
 def test_longest_points_first_and_progress_numbers():
     configs = sweep.figure2_configs("cpu")
-    costs = {c.name: sweep.point_cost(c) for c in configs}
+    costs = dict(zip(sweep.point_names(configs), map(sweep.point_cost, configs), strict=True))
     assert costs["mnist_bernoulli_z200_h500_s0"] > costs["mnist_bernoulli_z3_h500_s0"]
-    assert costs["frey_face_gaussian_z2_h200_s0"] == costs["frey_face_gaussian_z2_h200_s0_ws"]
+    # MNIST, N_z = 3, AEVB: 50 epochs of 600 steps and a pilot of 3 x 200 steps, each step
+    # 100 x 3 x (784*500 + 500*6 + 3*500 + 500*784) multiply-adds
+    step = sweep.STEP_SECONDS + 100 * 3 * (784 * 500 * 2 + 500 * 9) / sweep.MULTIPLY_ADDS_PER_SECOND
+    assert costs["mnist_bernoulli_z3_h500_s0"] == pytest.approx(30_600 * step)
+    # wake-sleep runs one forward pass more of each network; the Gaussian decoder has 2 outputs per
+    # pixel: a Frey Face curve (10^7 samples) costs more than an MNIST one (3 x 10^6), and is first
+    assert costs["frey_face_gaussian_z2_h200_s0_ws"] > costs["frey_face_gaussian_z2_h200_s0"] * 1.2
+    assert min(costs[n] for n in costs if n.startswith("frey")) > costs["mnist_bernoulli_z20_h500_s0"]
+    assert max(costs, key=costs.__getitem__) == "frey_face_gaussian_z20_h200_s0_ws"
     tiny = TrainConfig(epochs=1, train_subset=100)
     assert sweep.point_cost(tiny) < sweep.point_cost(TrainConfig(epochs=2, train_subset=100))
     assert sweep._count(1.2e6) == "1.2e6" and sweep._count(900) == "900"

@@ -11,6 +11,7 @@ import os
 import pandas as pd
 import pytest
 import torch
+from small_runs import BATCH, small_run_config
 
 import vae_utils.training as T
 from vae_utils.config import TrainConfig
@@ -27,26 +28,13 @@ from vae_utils.runfiles import (
 )
 from vae_utils.training import TrainingDiverged, train
 
-N_TRAIN, N_TEST, BATCH = 1000, 300, 100
+N_TRAIN, N_TEST = 1000, 300
 N_BATCHES = N_TRAIN // BATCH
 
 
 def make_config(run_dir, shared_data, **overrides) -> TrainConfig:
-    values = dict(
-        hidden_dim=50,
-        latent_dim=4,
-        epochs=3,
-        lr=0.02,
-        batch_size=BATCH,
-        train_subset=N_TRAIN,
-        test_subset=N_TEST,
-        device="cpu",
-        seed=0,
-        data_dir=str(shared_data),
-        run_dir=str(run_dir),
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
+    sizes = {"hidden_dim": 50, "latent_dim": 4, "train_subset": N_TRAIN, "test_subset": N_TEST}
+    return small_run_config(run_dir, shared_data, **{**sizes, **overrides})
 
 
 @pytest.fixture(scope="module")

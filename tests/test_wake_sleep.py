@@ -12,6 +12,7 @@ import math
 import pandas as pd
 import pytest
 import torch
+from small_runs import BATCH, small_run_config
 from torch import nn
 
 import vae_utils.training as T
@@ -31,26 +32,18 @@ from vae_utils.training import (
     wake_loss,
 )
 
-N_TRAIN, N_TEST, BATCH = 600, 200, 100
+N_TRAIN, N_TEST = 600, 200
 
 
 def make_config(run_dir, shared_data, **overrides) -> TrainConfig:
-    values = dict(
-        hidden_dim=40,
-        latent_dim=3,
-        epochs=3,
-        lr=0.02,
-        batch_size=BATCH,
-        train_subset=N_TRAIN,
-        test_subset=N_TEST,
-        device="cpu",
-        seed=0,
-        algorithm="wake_sleep",
-        data_dir=str(shared_data),
-        run_dir=str(run_dir),
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
+    sizes = {
+        "hidden_dim": 40,
+        "latent_dim": 3,
+        "train_subset": N_TRAIN,
+        "test_subset": N_TEST,
+        "algorithm": "wake_sleep",
+    }
+    return small_run_config(run_dir, shared_data, **{**sizes, **overrides})
 
 
 @pytest.fixture(scope="module")

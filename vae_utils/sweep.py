@@ -113,6 +113,15 @@ if TYPE_CHECKING:  # annotations only: Dask is imported when a sweep runs
 SWEEPS_DIR = PROJECT_ROOT / "sweeps"
 TRAIN_NOTEBOOK = "02_train"
 FIGURE2_NOTEBOOK = "06_figure2"
+#: Dask settings of the default LocalCluster. A point's task waits minutes to hours on its kernel, so
+#: the workers' 10 ms sampling profiler, 1 ms GIL monitor and 0.5 s system monitor only take CPU
+#: from the kernels (together about 4 % of a core per worker, measured on this machine's sweeps).
+QUIET_WORKERS = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.system-monitor.gil.enabled": False,
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.admin.tick.interval": "500ms",
+}
 
 FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 #: The fields that TrainConfig.name already spells out; other axes are added to a point's name.
@@ -545,14 +554,32 @@ def write_sweep_table(sweep_dir: str | Path) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- running a sweep
 
 
+#: :func:`point_cost`'s model of a training step on one CPU core, fitted to steps measured on this
+#: project's 2-core machine (Figure 2's networks, M = 100): a fixed cost, then multiply-adds at a
+#: sustained rate. MNIST AEVB, N_z = 5: 8.5 ms measured, 8.9 modelled; Frey Face AEVB, N_z = 2: 4.3
+#: and 4.7; MNIST wake-sleep, N_z = 10: 10.9 and 11.5.
+STEP_SECONDS = 1.5e-3
+MULTIPLY_ADDS_PER_SECOND = 3.2e10
+
+
 def point_cost(config: TrainConfig) -> float:
-    """A relative estimate of a point's run time: samples trained (pilot included) x the size of the
-    networks' layers (hidden units x (pixels + latent units + hidden units of further layers))."""
-    samples = config.epochs * n_train(config.dataset, config.train_subset)
-    samples += len(config.lr_candidates or []) * config.pilot_samples
+    """A rough estimate of a point's training time in seconds on one core, pilot included.
+
+    Each step costs :data:`STEP_SECONDS` plus its multiply-adds at :data:`MULTIPLY_ADDS_PER_SECOND`:
+    M x (one forward pass of the encoder + L of the decoder) x 3 for AEVB (forward and backward), x 4
+    for wake-sleep (each phase runs one network forward only and the other forward and backward).
+    The Gaussian decoder has two outputs per pixel. The sweep submits the costliest points first.
+    """
+    h, z, extra = config.hidden_dim, config.latent_dim, (config.hidden_layers - 1) * config.hidden_dim**2
     pixels = math.prod(IMAGE_SHAPES[config.dataset])
-    width = pixels + config.latent_dim + (config.hidden_layers - 1) * config.hidden_dim
-    return samples * config.hidden_dim * width
+    outputs = 2 * pixels if config.decoder == "gaussian" else pixels
+    encoder = pixels * h + extra + h * 2 * z
+    decoder = z * h + extra + h * outputs
+    passes = 4 if config.algorithm == "wake_sleep" else 3
+    multiply_adds = config.batch_size * passes * (encoder + config.n_samples * decoder)
+    steps = config.epochs * math.ceil(n_train(config.dataset, config.train_subset) / config.batch_size)
+    steps += len(config.lr_candidates or []) * math.ceil(config.pilot_samples / config.batch_size)
+    return steps * (STEP_SECONDS + multiply_adds / MULTIPLY_ADDS_PER_SECOND)
 
 
 def run_sweep(
@@ -664,15 +691,21 @@ def _connect(
     (client, cluster or None)."""
     import logging
 
+    import dask
     from distributed import Client, LocalCluster
 
     if scheduler is not None:
         return Client(scheduler, timeout="60s"), None
     n = workers or max(1, (os.cpu_count() or 1) // threads)
     n = min(n, n_tasks)
-    cluster = LocalCluster(
-        n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
-    )  # any free port
+    with dask.config.set(QUIET_WORKERS):  # the nannies hand the config to their worker processes
+        cluster = LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",  # any free port
+            silence_logs=logging.ERROR,
+        )
     return Client(cluster), cluster
 
 
@@ -1117,7 +1150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """The command line: 0 when every point is done, 1 when one failed or the sweep cannot start,
-    2 (argparse's exit) for bad options or grid values."""
+    2 (argparse's exit) for bad options or grid values, 130 when interrupted (Ctrl-C)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
@@ -1168,6 +1201,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SweepError, StudyError) as error:  # another grid in the folder, an unfit cluster or notebook
         print(f"\nerror: {error}", file=sys.stderr, flush=True)
         return 1
+    except KeyboardInterrupt:  # run_sweep has printed the summary and closed its cluster
+        print("\ninterrupted (Ctrl-C)", file=sys.stderr, flush=True)
+        return 130
     failed = table[table["status"] != "done"]
     if len(failed):
         print(f"\n{len(failed)} point(s) not done:", file=sys.stderr, flush=True)

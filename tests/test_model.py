@@ -74,6 +74,29 @@ def test_gaussian_logvar_floor_is_smooth_and_never_crossed():
     assert dec.log_prob(x, torch.zeros(1, Z)).item() <= bound + 1e-3
 
 
+@pytest.mark.parametrize("decoder", ["bernoulli", "continuous_bernoulli", "gaussian"])
+def test_pixel_log_prob_is_what_log_prob_sums(decoder):
+    """pixel_log_prob gives each pixel's log p(x_i|z), (L, B, D); their sum is log_prob, and no
+    pixel exceeds max_pixel_log_prob (0 for the Bernoulli, -1/2 (log 2 pi + min_logvar) for the
+    Gaussian, unbounded for the continuous Bernoulli)."""
+    torch.manual_seed(0)
+    model = VAE(D, H, Z, decoder=decoder)
+    x = torch.cat([torch.zeros(B, 2), torch.ones(B, 2), torch.rand(B, D - 4)], dim=1)
+    if decoder == "bernoulli":
+        x = x.round()
+    z = torch.randn(4, B, Z)
+    pixels = model.decoder.pixel_log_prob(x, z)
+    assert pixels.shape == (4, B, D)
+    torch.testing.assert_close(pixels.sum(-1), model.decoder.log_prob(x, z))
+    assert (pixels <= model.decoder.max_pixel_log_prob).all()
+    most = {
+        "bernoulli": 0.0,
+        "continuous_bernoulli": math.inf,
+        "gaussian": -0.5 * (math.log(2 * math.pi) - 6),
+    }
+    assert model.decoder.max_pixel_log_prob == pytest.approx(most[decoder])
+
+
 def test_gaussian_logvar_floor_follows_min_logvar():
     """A different min_logvar moves the floor with it."""
     dec = _gaussian_decoder_with_raw(torch.tensor([-1e4, 100.0]), min_logvar=-2.5)

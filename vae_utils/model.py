@@ -6,6 +6,8 @@ the encoder and as the Frey Face decoder). The prior is p(z) = N(0, I).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -42,7 +44,30 @@ class GaussianEncoder(nn.Module):
         return mu, logvar
 
 
-class BernoulliDecoder(nn.Module):
+class PixelDecoder(nn.Module):
+    """p_theta(x|z) = prod_i p(x_i|z): a network maps z to each pixel's parameters, and the
+    subclass's ``log_density(params, x)`` sums the log densities over the last dimension."""
+
+    #: The most log p(x_i|z) one pixel can contribute.
+    max_pixel_log_prob: float
+
+    @staticmethod
+    def log_density(params: Any, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) summed over pixels, (...,)."""
+        return self.log_density(self(z), x)
+
+    def pixel_log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(x_i|z) of each pixel, (..., D): the terms :meth:`log_prob` sums (each pixel is
+        given a last dimension of its own to sum over)."""
+        out = self(z)
+        params = tuple(o.unsqueeze(-1) for o in out) if isinstance(out, tuple) else out.unsqueeze(-1)
+        return self.log_density(params, x.unsqueeze(-1))
+
+
+class BernoulliDecoder(PixelDecoder):
     """p_theta(x|z) = prod_i Bernoulli(x_i; y_i), y = sigmoid(MLP(z)) (eq. 11), kept as logits.
 
     The log-likelihood is computed from the logits (never sigmoid-then-log), so it stays finite
@@ -59,9 +84,13 @@ class BernoulliDecoder(nn.Module):
         """The logits of y, (..., D)."""
         return self.net(z)
 
-    def log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """log p(x|z) summed over pixels, (...,)."""
-        return loss.bernoulli_log_likelihood(self(z), x)
+    #: The most log p(x_i|z) one pixel can contribute: log 1 = 0.
+    max_pixel_log_prob = 0.0
+
+    @staticmethod
+    def log_density(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) from the network's output, summed over the last dimension."""
+        return loss.bernoulli_log_likelihood(logits, x)
 
     def mean(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self(z))
@@ -84,8 +113,12 @@ class ContinuousBernoulliDecoder(BernoulliDecoder):
     :func:`vae_utils.loss.continuous_bernoulli_mean`): reconstructions and manifolds show the mean.
     """
 
-    def log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return loss.continuous_bernoulli_log_likelihood(self(z), x)
+    #: Unbounded: the density at x = 0 or 1 grows without limit as lambda -> 0 or 1.
+    max_pixel_log_prob = float("inf")
+
+    @staticmethod
+    def log_density(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return loss.continuous_bernoulli_log_likelihood(logits, x)
 
     def mean(self, z: torch.Tensor) -> torch.Tensor:
         return loss.continuous_bernoulli_mean(self(z))
@@ -94,7 +127,7 @@ class ContinuousBernoulliDecoder(BernoulliDecoder):
         return loss.continuous_bernoulli_sample(self(z), generator)
 
 
-class GaussianDecoder(nn.Module):
+class GaussianDecoder(PixelDecoder):
     """p_theta(x|z) = N(x; mu, diag sigma^2), h = tanh(W3 z + b3), mu = W4 h + b4,
     log sigma^2 = W5 h + b5 (eq. 12), with two changes, both documented and optional:
 
@@ -121,6 +154,7 @@ class GaussianDecoder(nn.Module):
         self.net = mlp(latent_dim, hidden_dim, 2 * data_dim, activation, layers)
         self.min_logvar = min_logvar
         self.sigmoid_mean = sigmoid_mean
+        self.max_pixel_log_prob = -0.5 * (loss.LOG_2PI + min_logvar)  # at x = mu, sigma^2 at its floor
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu, log sigma^2), each (..., D)."""
@@ -130,8 +164,9 @@ class GaussianDecoder(nn.Module):
         logvar = self.min_logvar + loss.softplus(raw - self.min_logvar)
         return mu, logvar
 
-    def log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return loss.gaussian_log_density(x, *self(z))
+    @staticmethod
+    def log_density(params: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return loss.gaussian_log_density(x, *params)
 
     def mean(self, z: torch.Tensor) -> torch.Tensor:
         return self(z)[0]

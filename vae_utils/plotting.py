@@ -1092,27 +1092,17 @@ def log_likelihood_by_pixel_value(runs: Mapping[str, Run], x: torch.Tensor) -> p
     most one pixel can contribute: -1/2 (log 2 pi + min_logvar) for the Gaussian decoder, inf for
     the continuous Bernoulli (its density at 0 or 1 grows without limit as lambda -> 0 or 1), 0
     for the Bernoulli."""
-    from vae_utils import loss
-    from vae_utils.model import ContinuousBernoulliDecoder, GaussianDecoder
-
     masks = dict(zip(PIXEL_KINDS, (x == 0, (x > 0) & (x < 1), x == 1), strict=True))
     names = {k: f"{k} ({m.double().mean().item():.1%} of pixels)" for k, m in masks.items()}
     rows = {}
     for label, run in runs.items():
         decoder = run.model.decoder
-        params = decoder(run.model.encode(x)[0])
-        if isinstance(decoder, GaussianDecoder):
-            mean, logvar = (p.unsqueeze(-1) for p in params)
-            per_pixel = loss.gaussian_log_density(x.unsqueeze(-1), mean, logvar)
-            most = -0.5 * (loss.LOG_2PI + decoder.min_logvar)
-        elif isinstance(decoder, ContinuousBernoulliDecoder):
-            per_pixel = loss.continuous_bernoulli_log_likelihood(params.unsqueeze(-1), x.unsqueeze(-1))
-            most = float("inf")
-        else:
-            per_pixel = loss.bernoulli_log_likelihood(params.unsqueeze(-1), x.unsqueeze(-1))
-            most = 0.0
+        per_pixel = decoder.pixel_log_prob(x, run.model.encode(x)[0])
         rows[label] = {names[k]: (per_pixel * m).sum(-1).mean().item() for k, m in masks.items()}
-        rows[label] |= {"all pixels": per_pixel.sum(-1).mean().item(), "most per pixel": most}
+        rows[label] |= {
+            "all pixels": per_pixel.sum(-1).mean().item(),
+            "most per pixel": decoder.max_pixel_log_prob,
+        }
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("log p(x|z = mu), nats").round(2)
 
 

@@ -47,8 +47,8 @@ connects to an existing cluster instead: started by hand (``dask scheduler`` on 
 ``dask worker ADDRESS --nthreads 1`` on each), by dask-jobqueue (Slurm, PBS...) or on Kubernetes.
 Its workers must then have this package installed (``pip install -r requirements.txt``), the
 datasets where ``VAE_DATA_DIR`` (or ``--set data_dir=...``) says, and the sweeps folder on a shared
-filesystem at the same absolute path as the client's. Points are submitted longest first (cost
-~ epochs x n_train x hidden units) so that the grid balances across workers.
+filesystem at the same absolute path as the client's. Points are submitted longest first (by
+:func:`point_cost`, a step-time model) so that the grid balances across workers.
 
 Progress is one plain line per change, readable headless: ``[ 3/18] <point>  queued``, ``running
 at 1.2e6/3.0e6 samples, test ELBO -120.3``, ``done in 6.1 min: test ELBO -101.2``, ``failed:

@@ -5,6 +5,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -16,6 +17,7 @@ from vae_utils import plotting
 from vae_utils.config import TrainConfig
 from vae_utils.loss import posterior_statistics
 from vae_utils.model import VAE
+from vae_utils.runfiles import Run
 
 SHAPE = (4, 5)  # a small image shape, D = 20
 
@@ -143,6 +145,36 @@ def test_likelihood_summary_iw_bound_is_above_the_elbo(model, x):
     assert summary["images"] == len(x)
     assert summary["log p(x) - ELBO"] == pytest.approx(summary["log p(x), k=200"] - summary["ELBO"])
     assert summary["log p(x) - ELBO"] > 0
+
+
+def test_cached_likelihood_summary_reads_back_and_keys_on_the_model_and_images(
+    model, x, tmp_path, monkeypatch
+):
+    run = Run(TrainConfig(), history(), model, tmp_path, 3, 3, 0.01)
+    first = plotting.cached_likelihood_summary(run, x, k=50, seed=0, progress=False)
+    assert first == plotting.likelihood_summary(model, x, k=50, seed=0, progress=False)
+    assert len(json.loads((tmp_path / plotting.LIKELIHOOD_CACHE).read_text())) == 1
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return {"images": 0}
+
+    monkeypatch.setattr(plotting, "likelihood_summary", counted)
+    assert plotting.cached_likelihood_summary(run, x, k=50, seed=0, progress=False) == first
+    assert calls == []  # read back, not recomputed
+    plotting.cached_likelihood_summary(run, x[:-1], k=50, seed=0, progress=False)  # other images
+    plotting.cached_likelihood_summary(run, x, k=51, seed=0, progress=False)  # another k
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)  # another checkpoint
+    plotting.cached_likelihood_summary(run, x, k=50, seed=0, progress=False)
+    assert len(calls) == 3
+    assert len(json.loads((tmp_path / plotting.LIKELIHOOD_CACHE).read_text())) == 4
+    # a folder that cannot be written: computed, not cached, no error
+    unwritable = Run(TrainConfig(), history(), model, tmp_path / "missing", 3, 3, 0.01)
+    assert plotting.cached_likelihood_summary(unwritable, x, k=50, seed=0, progress=False) == {"images": 0}
+    assert not (tmp_path / "missing").exists()
 
 
 # ----------------------------------------------------------------------------- figures

@@ -459,6 +459,29 @@ def test_posterior_statistics_detects_a_constant_latent_dimension():
     assert torch.equal(small["active"], stats["active"])
 
 
+def test_aggregate_posterior_moments_are_the_mixtures_and_zero_kl_for_the_prior():
+    """The aggregate posterior 1/N sum_n q(z|x_n): its moments match draws from the mixture; an
+    encoder that returns the prior for every x has an aggregate KL of 0, one whose codes all sit at
+    mean 1 with variance 1/4 has 1/2 (1 + 1/4 - 1 - log 1/4) = 0.818 nats."""
+    torch.manual_seed(0)
+    model = VAE(20, 32, 2)
+    x = torch.rand(300, 20, generator=_gen(23))
+    stats = posterior_statistics(model, x, batch_size=64)
+    with torch.no_grad():
+        mu, logvar = model.encode(x)
+        draws = mu + torch.exp(0.5 * logvar) * torch.randn(400, *mu.shape, generator=_gen(24))
+    torch.testing.assert_close(stats["aggregate_mean"], draws.mean((0, 1)), atol=0.01, rtol=0)
+    torch.testing.assert_close(stats["aggregate_var"], draws.reshape(-1, 2).var(0), atol=0.01, rtol=0.01)
+    with torch.no_grad():
+        head = model.encoder.net[2]
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([0.0, 1.0, 0.0, math.log(0.25)]))  # [mu_0, mu_1, logvar_0, logvar_1]
+    stats = posterior_statistics(model, x)
+    torch.testing.assert_close(stats["aggregate_mean"], torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(stats["aggregate_var"], torch.tensor([1.0, 0.25]))
+    torch.testing.assert_close(stats["aggregate_kl"], torch.tensor([0.0, 0.5 * (0.25 - math.log(0.25))]))
+
+
 def test_per_datapoint_elbo_rows_and_frame():
     """per_datapoint_elbo gives one (elbo, recon, kl) row per datapoint with elbo = recon - kl;
     its first batch equals elbo() called with a generator seeded the same way; to_frame keeps

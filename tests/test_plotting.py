@@ -6,7 +6,9 @@ import matplotlib
 matplotlib.use("Agg")
 
 import json
+import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -175,6 +177,48 @@ def test_cached_likelihood_summary_reads_back_and_keys_on_the_model_and_images(
     unwritable = Run(TrainConfig(), history(), model, tmp_path / "missing", 3, 3, 0.01)
     assert plotting.cached_likelihood_summary(unwritable, x, k=50, seed=0, progress=False) == {"images": 0}
     assert not (tmp_path / "missing").exists()
+
+
+def _constant_code_run(mean: float, logvar: float, latent_dim: int = 2) -> Run:
+    """An MNIST-shaped run whose encoder gives every image the code N(0, 1) in unit 0 and
+    N(mean, exp(logvar)) in unit 1."""
+    torch.manual_seed(0)
+    model = VAE(data_dim=784, hidden_dim=8, latent_dim=latent_dim).eval()
+    with torch.no_grad():
+        head = model.encoder.net[2]
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[1], head.bias[latent_dim + 1] = mean, logvar
+    return Run(TrainConfig(latent_dim=latent_dim), history(), model, Path("/nowhere"), 3, 3, 0.01)
+
+
+def test_prior_mismatch_table_finds_the_unit_whose_codes_leave_the_prior(monkeypatch):
+    """Unit 1's codes all sit at N(-1, 1/4): KL 1/2 (1/4 - log 1/4) = 0.818 nats from N(0, 1), and
+    P(|z - (-1)| > 3/2) = Phi(-2.5) + 1 - Phi(0.5) = 0.315 of the prior's draws lie off them."""
+    monkeypatch.setattr(
+        plotting,
+        "load_test_data",
+        lambda configs: [SimpleNamespace(x_test=torch.rand(40, 784))] * len(configs),
+    )
+    runs = {"shifted": _constant_code_run(-1.0, math.log(0.25)), "prior": _constant_code_run(0.0, 0.0)}
+    table = plotting.prior_mismatch_table(runs)
+    row = table.loc["shifted"]
+    assert (row["unit j furthest from p"], row["q(z_j) mean"], row["q(z_j) variance"]) == (1, -1.0, 0.25)
+    assert row["KL(q(z_j) || p(z_j))"] == pytest.approx(0.5 * (0.25 - math.log(0.25)), abs=1e-3)
+    assert row["prior draws off the codes"] == pytest.approx(0.315, abs=1e-3)
+    assert row["active units"] == 0  # every image gets the same code
+    assert table.loc["prior", "KL(q(z) || p(z)), all units"] == 0.0
+    assert table.loc["prior", "prior draws off the codes"] == pytest.approx(0.003, abs=1e-3)  # 3 sigma
+
+    assert plotting.prior_mismatch_summary(table) == (
+        "MNIST, N_z = 2, AEVB: the codes of unit 1 have mean -1.00 and variance 0.25, so 31.5% of the "
+        "draws z ~ p(z) fall more than 3 of their standard deviations away"
+    )
+    (figure,) = plotting.plot_unit_traverses(runs, table)  # one dataset: its worst run only
+    labels = [ax.get_ylabel() for ax in figure.axes if ax.get_ylabel()]
+    assert labels == ["z_1 = -2", "z_1 = -1", "z_1 = 0", "z_1 = 1", "z_1 = 2"]
+    assert len(figure.axes) == 5 * 8 and "N_z = 2" in figure._suptitle.get_text()
+    plt.close("all")
 
 
 # ----------------------------------------------------------------------------- figures

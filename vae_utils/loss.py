@@ -285,15 +285,31 @@ def posterior_statistics(
 ) -> dict[str, torch.Tensor]:
     """The posterior means ``mu`` = E_q[z|x] (N, N_z) and, per latent dimension, the average
     ``kl`` = KL(q(z_d|x) || p(z_d)) over ``x`` and the ``activity`` Var_x(E_q[z_d|x]). A unit is
-    ``active`` when its activity exceeds 0.01 (Burda et al. 2015)."""
-    mus, kls = [], []
+    ``active`` when its activity exceeds 0.01 (Burda et al. 2015).
+
+    Also the aggregate posterior q(z_d) = 1/N sum_n q(z_d|x_n), the codes of all of ``x`` together:
+    its ``aggregate_mean`` and ``aggregate_var`` (the mixture's exact moments, Var_n mu + E_n sigma^2)
+    and ``aggregate_kl``, the KL from the prior N(0, 1) of the Gaussian with those moments. The ELBO's
+    KL term pulls each q(z|x) towards p(z) separately, not their mixture; where the mixture is off
+    the prior, draws z ~ p(z) land where the decoder saw no code."""
+    mus, kls, variances = [], [], []
     for start in range(0, len(x), batch_size):
         mu, logvar = model.encode(x[start : start + batch_size])
         mus.append(mu)
         kls.append(kl_standard_normal(mu, logvar))
+        variances.append(torch.exp(logvar))
     mu = torch.cat(mus)
     activity = mu.var(0)
-    return {"mu": mu, "kl": torch.cat(kls).mean(0), "activity": activity, "active": activity > 0.01}
+    mean, var = mu.mean(0), mu.var(0, unbiased=False) + torch.cat(variances).mean(0)
+    return {
+        "mu": mu,
+        "kl": torch.cat(kls).mean(0),
+        "activity": activity,
+        "active": activity > 0.01,
+        "aggregate_mean": mean,
+        "aggregate_var": var,
+        "aggregate_kl": kl_standard_normal(mean, torch.log(var)),
+    }
 
 
 # ============================================================================ continuous Bernoulli

@@ -279,7 +279,7 @@ def test_index_lists_studies_and_reports_in_one_table(tmp_path):
                 "title": "Figure 2: ELBO against samples seen",
                 "command": "python -m vae_utils.sweep figure2",
                 "date": "2026-12-01 10:00",
-                "headline": {"best test ELBO, N_z = 20": -101.234, "runs": 12},
+                "headline": {"best test ELBO, N_z = 20": -101.234, "runs": 12, "budget": "cpu"},
                 "thumbnail": "figure.png",
                 "pages": ["06_figure2.html"],
             }
@@ -313,6 +313,8 @@ def test_index_lists_studies_and_reports_in_one_table(tmp_path):
     assert "<tr><th>runs</th><td>12</td></tr>" in figure_row
     assert "<code>python -m vae_utils.sweep figure2</code>" in figure_row and "2026-12-01 10:00" in figure_row
     assert 'href="figure2/06_figure2.html"' in figure_row
+    # the details below the table show the headline's strings as text, not as Python literals
+    assert "<caption>headline</caption>" in text and "<td>cpu</td>" in text and "'cpu'" not in text
 
     thumbnails = re.findall(r'<img src="([^"]+)"', text)
     assert thumbnails == ["figure2/figure.png", "mnist_gaussian_z2_h500_s0/thumbnail.png"]

@@ -811,7 +811,8 @@ def _report_entry(folder: Path) -> dict:
         "alt": f"{info.get('title') or folder.name}: key figure",
         "figure_page": f"{folder.name}/{pages[0]}" if pages else "",
         "short_links": short,
-        "details": f"<ol>{''.join(links)}</ol>" + (_table("headline", headline) if headline else ""),
+        "details": f"<ol>{''.join(links)}</ol>"
+        + (_table("headline", headline, quote=False) if headline else ""),
     }
 
 
@@ -869,9 +870,16 @@ def _row(cells: Iterable[object], tag: str = "td") -> str:
     return "<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>"
 
 
-def _table(caption: str, values: dict) -> str:
+def _table(caption: str, values: dict, quote: bool = True) -> str:
+    """A two-column table; ``quote`` shows strings and None as Python writes them (configurations),
+    otherwise as plain text (headlines)."""
     rows = "".join(
-        _row([html.escape(str(k)), html.escape(repr(v) if isinstance(v, str) or v is None else str(v))])
+        _row(
+            [
+                html.escape(str(k)),
+                html.escape(repr(v) if quote and (isinstance(v, str) or v is None) else str(v)),
+            ]
+        )
         for k, v in values.items()
     )
     return f"<table><caption>{caption}</caption>{rows}</table>"

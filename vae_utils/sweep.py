@@ -120,8 +120,9 @@ FIGURE2_NOTEBOOK = "06_figure2"
 #: measured 1.5x (MNIST) to 2x (Frey Face) slower on this machine.
 KERNEL_ENV_DROPPED = ("MALLOC_TRIM_THRESHOLD_",)
 #: Dask settings of the default LocalCluster. A point's task waits minutes to hours on its kernel, so
-#: the workers' 10 ms sampling profiler, 1 ms GIL monitor and 0.5 s system monitor only take CPU
-#: from the kernels (together about 4 % of a core per worker, measured on this machine's sweeps).
+#: the workers' 10 ms sampling profiler, 1 ms GIL monitor, 0.5 s system monitor and 20 ms event-loop
+#: tick only take CPU from the kernels (together about 4 % of a core per process, measured on this
+#: machine's sweeps).
 QUIET_WORKERS = {
     "distributed.worker.profile.enabled": False,
     "distributed.admin.system-monitor.gil.enabled": False,

@@ -4,10 +4,22 @@ The thread count is also exported so that the kernels nbval starts for the noteb
 inherit it.
 """
 
+import getpass
 import os
+import tempfile
 
 os.environ["OMP_NUM_THREADS"] = "1"  # one thread: stable under load, same numbers everywhere
 os.environ["MKL_NUM_THREADS"] = "1"
+# torch.compile's cache does not key on ATEN_CPU_CAPABILITY: a run that emulates another instruction
+# set (tests/test_any_cpu.py, docs/reproducibility.md) would be served the machine's own kernels
+# (seen: NaN on the first compiled step). One cache per instruction set (inherited by the kernels).
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR",
+    os.path.join(
+        tempfile.gettempdir(),
+        f"torchinductor_{getpass.getuser()}_{os.environ.get('ATEN_CPU_CAPABILITY', 'native')}",
+    ),
+)
 
 from pathlib import Path
 

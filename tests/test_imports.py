@@ -15,6 +15,7 @@ LAYERS = (
     "loss",
     "model",
     "runfiles",
+    "tensorboard_log",
     "training",
     "presets",
     "linear_gaussian",

@@ -261,3 +261,21 @@ def test_gaussian_decoder_bound_uses_an_exact_softplus():
     decoder = GaussianDecoder(2, 8, 5, min_logvar=-6.0)
     _, logvar = decoder(torch.randn(100, 2) * 50)
     assert (logvar > -6.0).all()
+
+
+@pytest.mark.parametrize("decoder", ["bernoulli", "gaussian", "continuous_bernoulli"])
+def test_a_float64_model_computes_in_float64_from_float32_inputs(decoder):
+    """TrainConfig(dtype="float64"): every parameter is float64, and the float32 grids and images
+    that analysis code makes are cast on the way in, so that nothing is computed in float32."""
+    config = TrainConfig(decoder=decoder, latent_dim=3, hidden_dim=8, dtype="float64")
+    model = VAE.from_config(config, 12)
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+    x32 = torch.rand(5, 12)
+    mu, logvar = model.encode(x32)
+    assert mu.dtype == logvar.dtype == torch.float64
+    z = model.sample_prior(4, torch.Generator().manual_seed(0))
+    assert z.dtype == torch.float64 and model.decode(z.float()).dtype == torch.float64
+    # the same weights in float32 give the same means to float32 rounding
+    float32 = VAE.from_config(TrainConfig(decoder=decoder, latent_dim=3, hidden_dim=8), 12)
+    float32.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    torch.testing.assert_close(float32.encode(x32)[0].double(), mu, rtol=1e-5, atol=1e-6)

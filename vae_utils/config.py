@@ -31,10 +31,11 @@ OPTIMIZERS = ("adagrad", "adam")
 KL_ESTIMATORS = ("analytic", "mc")
 BINARIZATIONS = ("none", "dynamic", "static")
 DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("float32", "float64")
 INITS = ("pytorch", "paper")
 #: Fields that say where a run lives or runs, not what it is: two runs that differ only in these
 #: are the same experiment (a resume may change them; legends ignore them).
-PLACEMENT_FIELDS = ("device", "compile", "run_dir", "data_dir")
+PLACEMENT_FIELDS = ("device", "compile", "tensorboard", "run_dir", "data_dir")
 MAX_SEED = 2**31 - 1  # train() also seeds with seed + 1; torch takes up to 2**64 - 1
 #: The number of training images of each dataset (Frey Face: after its fixed 200-image test split).
 TRAIN_SIZES = {"mnist": 60_000, "fashion_mnist": 60_000, "frey_face": 1_765}
@@ -153,6 +154,10 @@ class TrainConfig:
     Run
         seed: seeds the initialisation, the shuffling, the noise and the binarisation.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+        dtype: ``"float32"`` or ``"float64"``, the floating-point type of the parameters, the data
+            and every computation. A float32 run's history depends on the CPU's instruction set
+            (its kernels sum in other orders) beyond the printed digits after a few thousand steps;
+            a short float64 run does not (docs/reproducibility.md). The nbval references use it.
         compile: run each training step on a CPU (forward, backward and the Adam update) as one
             graph compiled by ``torch.compile`` (inductor; needs a C++ compiler): 1.6-1.8x faster
             epochs with small minibatches (Burda et al.'s M = 20), after a first step that
@@ -160,6 +165,10 @@ class TrainConfig:
             Bernoulli decoder and Adam only; on CUDA the step stays eager. The same random numbers
             as the eager step; the results agree with it to float rounding, so a compiled run's
             history is reproducible and resumes exactly, but is not bit-identical to an eager run's.
+        tensorboard: also write each evaluation as TensorBoard events in ``<run_dir>/tb`` (scalars
+            against training samples, reconstructions and prior samples at log-spaced
+            evaluations; :mod:`vae_utils.tensorboard_log`, docs/live.md), to watch a long run live.
+            ``history.csv`` stays the record; False writes none.
         run_dir: where ``config.json``, ``history.csv`` and the checkpoints go; a relative path is
             taken from the project root. ``None`` names it from the configuration under ``runs/``.
         train_subset, test_subset: use only the first n images of each split (in the files'
@@ -194,7 +203,9 @@ class TrainConfig:
     eval_iw_samples: int | None = None
     seed: int = 0
     device: str = "auto"
+    dtype: str = "float32"
     compile: bool = False
+    tensorboard: bool = True
     run_dir: str | None = None
     train_subset: int | None = None
     test_subset: int | None = None
@@ -268,6 +279,7 @@ class TrainConfig:
         check_int("eval_iw_samples", self.eval_iw_samples, 1, optional=True)
         check_int("seed", self.seed, 0, maximum=MAX_SEED)
         check_choice("device", self.device, DEVICES)
+        check_choice("dtype", self.dtype, DTYPES)
         check_bool("compile", self.compile)
         if self.compile and (
             self.algorithm != "aevb" or self.decoder != "bernoulli" or self.optimizer != "adam"
@@ -278,6 +290,7 @@ class TrainConfig:
                 "False unless algorithm='aevb', decoder='bernoulli' and optimizer='adam' (the "
                 "compiled step covers only these)",
             )
+        check_bool("tensorboard", self.tensorboard)
         for field in ("run_dir", "data_dir"):
             value = getattr(self, field)
             if value is not None and (not isinstance(value, (str, Path)) or not str(value).strip()):

@@ -1,4 +1,4 @@
-"""Datasets in memory: float32 tensors in [0, 1] of shape (N, D), batched by slicing a shuffled index.
+"""Datasets in memory: float tensors in [0, 1] of shape (N, D), batched by slicing a shuffled index.
 
 MNIST and Fashion-MNIST are read by torchvision's own ``MNIST`` and ``FashionMNIST`` classes, Frey
 Face by ``scipy.io.loadmat``. Every file is checked against its MD5 before it is used.
@@ -21,7 +21,15 @@ from typing import Any
 
 import torch
 
-from vae_utils.config import BINARIZATIONS, DATASETS, PROJECT_ROOT, TrainConfig, check_choice, resolve_path
+from vae_utils.config import (
+    BINARIZATIONS,
+    DATASETS,
+    DTYPES,
+    PROJECT_ROOT,
+    TrainConfig,
+    check_choice,
+    resolve_path,
+)
 
 #: Fixed seeds, independent of the training seed, so that every run sees the same data.
 SPLIT_SEED = 0  # Frey Face's train/test split
@@ -98,7 +106,8 @@ class DatasetCorruptError(DatasetError):
 
 @dataclass
 class Data:
-    """One dataset in memory. ``x_*`` are (N, D) float32 in [0, 1]; ``y_*`` are class labels or None.
+    """One dataset in memory. ``x_*`` are (N, D) floats in [0, 1] (float32 unless a run asks for
+    float64); ``y_*`` are class labels or None.
 
     ``x_test`` and ``x_train_eval`` are what the ELBO is *evaluated* on: for ``binarize="dynamic"``
     they are binarised once with :data:`EVAL_SEED`, while ``x_train`` stays grey and
@@ -226,6 +235,7 @@ def load_dataset(
     device: str | torch.device = "cpu",
     download: bool = True,
     train: bool = True,
+    dtype: str = "float32",
 ) -> Data:
     """Load ``"mnist"``, ``"fashion_mnist"`` or ``"frey_face"`` into memory on ``device``.
 
@@ -233,6 +243,7 @@ def load_dataset(
     ``torch.randperm`` under seed :data:`SPLIT_SEED` = 0, the first 200 form the test set and the
     other 1765 the training set.
 
+    ``dtype`` (``"float32"`` or ``"float64"``) is the images' floating-point type.
     ``train_subset`` / ``test_subset`` keep the first n images. ``binarize`` is ``"none"``,
     ``"static"`` (train and test binarised once, seed :data:`STATIC_SEED`) or ``"dynamic"`` (see
     :class:`Data`).
@@ -244,12 +255,13 @@ def load_dataset(
     """
     check_choice("dataset", name, DATASETS)
     check_choice("binarize", binarize, BINARIZATIONS)
+    check_choice("dtype", dtype, DTYPES)
     root = data_root(data_dir)
     ensure_files(name, root, download)
     x_train, y_train, x_test, y_test = _read(name, root, train)
 
-    def scaled(x: torch.Tensor) -> torch.Tensor:  # (N, H, W) uint8 -> (N, D) float32 in [0, 1]
-        return x.reshape(len(x), -1).to(device, torch.float32) / 255.0
+    def scaled(x: torch.Tensor) -> torch.Tensor:  # (N, H, W) uint8 -> (N, D) floats in [0, 1]
+        return x.reshape(len(x), -1).to(device, getattr(torch, dtype)) / 255.0
 
     x_train, x_test = (None if x_train is None else scaled(x_train)), scaled(x_test)
     x_train_eval = None if x_train is None else x_train[:TRAIN_EVAL_SIZE]
@@ -286,6 +298,7 @@ def load_config_data(config: TrainConfig, device: str | torch.device = "cpu", tr
         test_subset=config.test_subset,
         device=device,
         train=train,
+        dtype=config.dtype,
     )
 
 

@@ -17,13 +17,22 @@ from vae_utils.config import TrainConfig
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 
-def mlp(n_in: int, n_hidden: int, n_out: int, activation: str, layers: int = 1) -> nn.Sequential:
+class MLP(nn.Sequential):
+    """Linear -> activation, ..., Linear. Its input is cast to the weights' floating-point type, so
+    that a float64 model (``TrainConfig.dtype``) takes the float32 grids and draws of the analysis."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first: nn.Linear = self[0]  # type: ignore[assignment]
+        return super().forward(x.to(first.weight.dtype))
+
+
+def mlp(n_in: int, n_hidden: int, n_out: int, activation: str, layers: int = 1) -> MLP:
     """Linear -> activation, ``layers`` times, then Linear: with ``layers=1`` the one-hidden-layer MLP
     of the paper's App. C; Burda et al.'s VAE has two."""
     modules: list[nn.Module] = []
     for i in range(layers):
         modules += [nn.Linear(n_in if i == 0 else n_hidden, n_hidden), ACTIVATIONS[activation]()]
-    return nn.Sequential(*modules, nn.Linear(n_hidden, n_out))
+    return MLP(*modules, nn.Linear(n_hidden, n_out))
 
 
 class GaussianEncoder(nn.Module):
@@ -228,7 +237,7 @@ class VAE(nn.Module):
             config.min_logvar,
             config.sigmoid_mean,
             config.hidden_layers,
-        )
+        ).to(getattr(torch, config.dtype))
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu, log sigma^2) of q(z|x)."""
@@ -244,8 +253,8 @@ class VAE(nn.Module):
 
     def sample_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n draws z ~ p(z) = N(0, I), (n, N_z)."""
-        device = next(self.parameters()).device
-        return torch.randn(n, self.latent_dim, generator=generator, device=device)
+        weight = next(self.parameters())
+        return torch.randn(n, self.latent_dim, generator=generator, device=weight.device, dtype=weight.dtype)
 
     def sample_x(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """x ~ p(x|z): a draw from the decoder, not its mean (pixel noise included)."""

@@ -7,19 +7,31 @@ A run directory holds::
     last.pt        model, optimizer, RNG state, epoch, history: enough to resume exactly
     best.pt        the same, saved at the evaluation with the best test ELBO so far
     lr_pilot.csv   the step-size pilot, when the config asks for one (``lr_candidates``)
+    tb/            TensorBoard event files of the evaluations, to watch the run live (unless the
+                   config says ``tensorboard=False``; :mod:`vae_utils.tensorboard_log`)
+    .lock          while a process trains there: its lock (:func:`lock_run_dir`), naming it
 
 Every file is written atomically (a temporary file in the same folder, then a rename), so an
-interrupted run leaves the previous good version of each file in place. An existing run is never
-overwritten silently: :func:`prepare_run_dir` refuses unless asked to resume or to overwrite.
+interrupted run leaves the previous good version of each file in place; ``tb/``'s event files are
+appended to and flushed at each evaluation instead (:mod:`vae_utils.tensorboard_log`). An existing
+run is never overwritten silently: :func:`prepare_run_dir` refuses unless asked to resume or to
+overwrite.
+One process writes a run directory at a time: :func:`lock_run_dir` refuses a second one.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import shutil
+import socket
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -42,7 +54,9 @@ HISTORY_COLUMNS = (
     "minibatch_elbo",  # mean of the minibatch estimates since the last row (the training objective)
     "test_log_px",  # importance-weighted test log p(x) with config.eval_iw_samples samples (else NaN)
 )
-RUN_FILES = ("config.json", "history.csv", "last.pt", "best.pt", "lr_pilot.csv")
+TB_DIR = "tb"  # a folder: the TensorBoard event files
+RUN_FILES = ("config.json", "history.csv", "last.pt", "best.pt", "lr_pilot.csv", TB_DIR)
+LOCK_FILE = ".lock"  # not a run file: prepare_run_dir's overwrite leaves it to its holder
 
 
 @dataclass
@@ -84,6 +98,130 @@ def _atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
         raise
 
 
+class RunLocked(RuntimeError):
+    """Another process holds the run directory's lock: it is writing a run there.
+
+    ``host``, ``pid`` and ``started`` (ISO 8601, when it took the lock) name the holder as the lock
+    file records it; None where that record cannot be read (in the instant between a holder's lock
+    and its write)."""
+
+    def __init__(self, path: Path, host: str | None, pid: int | None, started: str | None) -> None:
+        super().__init__(path, host, pid, started)  # every argument in args: the exception pickles
+        self.path, self.host, self.pid, self.started = path, host, pid, started
+
+    def __str__(self) -> str:
+        holder = (
+            f"process {self.pid} on host {self.host}, started {self.started}"
+            if self.pid is not None
+            else "another process (its record in the lock file is not readable yet)"
+        )
+        return (
+            f"run directory {self.path} is in use by {holder}: it holds the directory's lock "
+            f"({LOCK_FILE}), so this second writer is refused. Wait for that process to finish or stop "
+            "it; a lock whose holder has died is taken over by the next attempt."
+        )
+
+
+@dataclass
+class RunLock:
+    """The lock :func:`lock_run_dir` took; released by :meth:`release`, at the end of a ``with``
+    block, or by the kernel when the process dies."""
+
+    path: Path
+    holder: dict  # {"host", "pid", "started"}: this process, as the lock file records it
+    previous: dict | None  # the record left by a holder that died, whose lock this one took over
+    fd: int | None  # None: released, or never locked (a filesystem without locks)
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:  # unlinked while still held, so that no one can lock the old file afterwards
+            (self.path / LOCK_FILE).unlink(missing_ok=True)
+        finally:
+            os.close(self.fd)  # closing releases the flock
+            self.fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def _read_record(fd: int) -> dict:
+    try:
+        record = json.loads(os.pread(fd, 4096, 0))
+    except ValueError:  # empty (a holder between its lock and its write) or not ours
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def lock_run_dir(run_dir: str | Path) -> RunLock:
+    """Lock ``run_dir`` (made if missing) for this process, or raise :class:`RunLocked` at once
+    naming the process that holds it. :func:`vae_utils.training.train` holds it while it trains.
+
+    The lock is ``flock`` on ``run_dir/.lock``, an open file that also records the holder's host,
+    pid and start time. The kernel releases a flock when its process dies, SIGKILL included, so a
+    dead holder's lock is free: the next call takes it over and reports the dead holder's record in
+    ``previous``. A clean release deletes the file (while still holding it; a file locked after that
+    is found no longer to be the one at the path and is locked again), so a ``.lock`` left in a run
+    directory means a process writes there or one died there. A process forked (not exec'd) by the
+    holder inherits the lock and keeps it while it lives.
+
+    Shared filesystems: on NFS, Linux sends a flock to the server as a byte-range lock, so writers
+    on two hosts exclude each other. A lost host's lock is freed by the server: with NFSv4 when the
+    host's lease expires (90 s by default), with NFSv3 only when the host reboots (else by an
+    administrator); until then the refusal names it. NFSv3 mounts with ``nolock`` or
+    ``local_lock=flock`` keep locks on each host: writers on different hosts are then not excluded.
+    Where flock is not supported at all (some Lustre or FUSE mounts), this warns and returns
+    without locking. There is no heartbeat: a holder is judged by its lock alone, never by its
+    host, pid or the file's age, which is what makes this safe across hosts.
+    """
+    path = resolve_path(run_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held = _read_record(fd)
+            os.close(fd)
+            raise RunLocked(path, held.get("host"), held.get("pid"), held.get("started")) from None
+        except OSError as error:
+            os.close(fd)
+            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            (path / LOCK_FILE).unlink(missing_ok=True)
+            warnings.warn(
+                f"{path}: this filesystem offers no file locks ({error.strerror}), so the run "
+                "directory is not locked and a second writer would not be refused",
+                stacklevel=2,
+            )
+            return RunLock(path, {}, None, None)
+        try:
+            same_file = os.path.samestat(os.fstat(fd), os.stat(path / LOCK_FILE))
+        except FileNotFoundError:
+            same_file = False
+        if same_file:
+            break
+        os.close(fd)  # a holder deleted it between our open and our lock: lock the new file
+    previous = _read_record(fd) or None
+    holder = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    lock = RunLock(path, holder, previous, fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        os.fsync(fd)  # readers on other hosts of a shared filesystem see it
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
 def existing_run_files(config: TrainConfig) -> list[str]:
     """The run files already in ``config``'s run directory (empty when it holds no run)."""
     return [f for f in RUN_FILES if (config.path / f).exists()]
@@ -122,7 +260,10 @@ def prepare_run_dir(config: TrainConfig, overwrite: bool, resume: bool) -> dict 
         )
     elif existing:
         for f in RUN_FILES:
-            (path / f).unlink(missing_ok=True)
+            if (path / f).is_dir():
+                shutil.rmtree(path / f)
+            else:
+                (path / f).unlink(missing_ok=True)
     path.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     return None

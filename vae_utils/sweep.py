@@ -67,7 +67,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import importlib.util
 import itertools
 import json
 import math
@@ -81,6 +80,8 @@ import sys
 import tempfile
 import time
 import typing
+import urllib.error
+import urllib.request
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -97,7 +98,14 @@ from vae_utils.presets import (
     figure2_configs,  # noqa: F401 (re-exported: sweep.figure2_configs is public)
     n_train,
 )
-from vae_utils.runfiles import atomic_write_text, existing_run_files, run_state, runs_table
+from vae_utils.runfiles import (
+    RunLocked,
+    atomic_write_text,
+    existing_run_files,
+    lock_run_dir,
+    run_state,
+    runs_table,
+)
 from vae_utils.study import (
     NOTEBOOKS_DIR,
     REPORTS_DIR,
@@ -376,12 +384,22 @@ def check_existing(plan: SweepPlan, overwrite: bool = False) -> None:
     if not points_dir.is_dir():
         return
     if overwrite:
+        locks = []
+        try:  # a point that a kernel still trains is not deleted under it
+            for folder in sorted(p for p in points_dir.iterdir() if p.is_dir()):
+                locks.append(lock_run_dir(folder))
+        except RunLocked as held:
+            for lock in locks:
+                lock.release()
+            raise SweepError(f"--overwrite: point {held.path.name} is still being trained: {held}") from None
         print(
-            f"--overwrite: deleting {len(list(points_dir.iterdir()))} point folder(s) of sweep "
+            f"--overwrite: deleting {len(locks)} point folder(s) of sweep "
             f"{plan.name} in {_display(points_dir)}",
             flush=True,
         )
-        shutil.rmtree(points_dir)
+        shutil.rmtree(points_dir)  # the locks go with their folders; closing them releases them
+        for lock in locks:
+            lock.release()
         for f in ("sweep.csv", "sweep.json"):
             (plan.folder / f).unlink(missing_ok=True)
         return
@@ -430,6 +448,17 @@ def run_point(point: str, config: dict, threads: int = 1, notebooks_dir: str | P
     train_config = TrainConfig.from_dict(config)
     folder = train_config.path
     notebook = folder / f"{TRAIN_NOTEBOOK}.ipynb"
+    try:  # a kernel still training this point (an orphan of a killed worker) keeps its files
+        lock_run_dir(folder).release()
+    except RunLocked as held:
+        error = f"RunLocked: {held}"
+        return {
+            "point": point,
+            "status": "failed",
+            "error": error,
+            "notebook": _display(notebook),
+            "seconds": 0.0,
+        }
     resume = bool(existing_run_files(train_config))
     record = {
         **_read_json(folder / "point.json"),
@@ -719,6 +748,43 @@ def _connect(
     return Client(cluster), cluster
 
 
+def dashboard_link(client: Client, timeout: float = 5.0) -> tuple[str | None, bool]:
+    """(the Dask dashboard's address, its ``/status`` page, or None; whether it answered there).
+
+    The scheduler's HTTP server is asked for the page (no proxy, ``timeout`` seconds): a scheduler
+    without ``bokeh`` (pinned in requirements.txt) or started with ``--no-dashboard`` still names
+    an address, but answers 404 there, so (None, False); one that does not answer from this
+    machine (a remote cluster behind a firewall) gives (address, False)."""
+    try:
+        link = client.dashboard_link
+    except (AttributeError, KeyError):  # no scheduler info, or a scheduler without an HTTP server
+        return None, False
+    if not link:
+        return None, False
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(link, timeout=timeout) as response:
+            return link, response.status == 200
+    except urllib.error.HTTPError:  # it answered: no dashboard there
+        return None, False
+    except (OSError, ValueError):  # refused, unreachable, timed out
+        return link, False
+
+
+def live_links(client: Client, plan: SweepPlan) -> list[str]:
+    """The lines that say where to watch the sweep while it runs: the Dask dashboard (tasks,
+    workers) and, when its points write TensorBoard events, the ``tensorboard`` command that shows
+    every point's curves, each run named ``points/<point>/tb`` (docs/live.md)."""
+    lines = []
+    link, answers = dashboard_link(client)
+    if link:
+        note = "" if answers else " (it does not answer from this machine: forward its port)"
+        lines.append(f"dashboard: {link}{note}")
+    if any(config.tensorboard for config in plan.points.values()):
+        lines.append(f"live curves: tensorboard --logdir {shlex.quote(_display(plan.folder))}")
+    return lines
+
+
 def _execute(
     plan: SweepPlan,
     todo: list[str],
@@ -739,8 +805,8 @@ def _execute(
         _check_kernels(client)
         where = scheduler or f"a LocalCluster of {len(client.scheduler_info()['workers'])} worker(s)"
         print(f"engine: Dask on {where}, {threads} torch thread(s) per point", flush=True)
-        if importlib.util.find_spec("bokeh") is not None and getattr(client, "dashboard_link", None):
-            print(f"dashboard: {client.dashboard_link}", flush=True)
+        for line in live_links(client, plan):
+            print(line, flush=True)
         token = f"{time.time_ns():x}"
         order = sorted(todo, key=lambda p: -point_cost(plan.points[p]))
         for rank, point in enumerate(order):

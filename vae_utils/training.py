@@ -30,7 +30,16 @@ from vae_utils.loss import (
 )
 from vae_utils.model import VAE
 from vae_utils.progress import interactive, progress_bar
-from vae_utils.runfiles import Run, atomic_write_text, load_run, prepare_run_dir, save_checkpoint
+from vae_utils.runfiles import (
+    TB_DIR,
+    Run,
+    atomic_write_text,
+    load_run,
+    lock_run_dir,
+    prepare_run_dir,
+    save_checkpoint,
+)
+from vae_utils.tensorboard_log import IMAGES_PER_DECADE, TensorBoardLog, image_grids
 
 #: Without an evaluation for this long, a run saves ``last.pt`` anyway (long log-spaced runs).
 CHECKPOINT_SECONDS = 300.0
@@ -329,7 +338,7 @@ def train_epoch(
     """
     x_train, _ = _training_split(data)
     n_batches = math.ceil(len(x_train) / config.batch_size)
-    out = torch.empty(n_batches, 2, device=x_train.device)
+    out = torch.empty(n_batches, 2, device=x_train.device, dtype=x_train.dtype)
     epoch_batches = batches(x_train, config.batch_size, generator, config.binarize == "dynamic")
     for i, x in enumerate(progress_bar(epoch_batches, progress, desc, "batch", n_batches)):
         out[i, 0], out[i, 1] = train_step(model, optimizer, x, config, generator)
@@ -463,11 +472,15 @@ def train(
     the best so far). Training stops after ``config.epochs`` epochs, or after ``config.patience``
     evaluations in a row without a better test ELBO; the model returned, and kept in ``best.pt``,
     is the best one. With ``lr_candidates`` a step-size pilot runs first (:func:`choose_step_size`).
+    With ``config.tensorboard`` (the default) each evaluation is also written, and flushed, as
+    TensorBoard events in ``run_dir/tb`` (:mod:`vae_utils.tensorboard_log`; docs/live.md).
 
     An existing run directory raises ``FileExistsError`` unless ``resume`` (continue from
     ``last.pt``, giving the same history as an uninterrupted run on the same machine) or
     ``overwrite`` is set. A NaN or infinite loss raises :class:`TrainingDiverged` naming the epoch
-    and batch, and leaves the last good checkpoint in place.
+    and batch, and leaves the last good checkpoint in place. While another process trains in the
+    run directory, :class:`vae_utils.runfiles.RunLocked` is raised at once, naming it, and nothing
+    there is touched (:func:`vae_utils.runfiles.lock_run_dir`).
 
     ``progress``: a tqdm bar in a terminal, plain per-evaluation lines otherwise; False is silent.
     ``data`` skips loading when the caller already holds the dataset.
@@ -478,6 +491,30 @@ def train(
     if data is not None:
         _training_split(data)  # test-only data fails here, before the run directory is touched
     device = resolve_device(config.device)
+    with (
+        lock_run_dir(config.path) as lock,  # before anything is written or deleted there
+        TensorBoardLog(config.path / TB_DIR, config.tensorboard) as tb,  # opened at the 1st evaluation
+    ):
+        if progress and lock.previous:
+            held = lock.previous
+            print(
+                f"took over the lock of {config.path}: its holder, process {held.get('pid')} on host "
+                f"{held.get('host')}, started {held.get('started')}, had died",
+                flush=True,
+            )
+        return _train_locked(config, overwrite, resume, progress, data, device, tb)
+
+
+def _train_locked(
+    config: TrainConfig,
+    overwrite: bool,
+    resume: bool,
+    progress: bool,
+    data: Data | None,
+    device: torch.device,
+    tb: TensorBoardLog,
+) -> Run:
+    """:func:`train` once it holds the run directory's lock; ``tb`` writes the evaluations' events."""
     checkpoint = prepare_run_dir(config, overwrite, resume)
     if data is None:
         data = load_config_data(config, device)
@@ -548,6 +585,7 @@ def train(
             **_eval_row(model, data, config),
             "minibatch_elbo": state["objective_sum"] / state["objective_count"],
         }
+        previous_samples = state["last_eval_samples"]
         state.update(objective_sum=0.0, objective_count=0, last_eval_samples=samples)
         state["seconds"] += time.perf_counter() - started
         row["seconds"] = state["seconds"]
@@ -559,6 +597,10 @@ def train(
         state["history"].append(row)
         stop_early = config.patience is not None and state["bad_epochs"] >= config.patience
         state["finished"] = last or stop_early
+        if tb.enabled:  # before the checkpoint: a crash in between is purged by the resume
+            images = state["finished"] or evaluation_due(samples, previous_samples, IMAGES_PER_DECADE)
+            grids = image_grids(model, data, config.seed) if images else None
+            tb.write(row, optimizer.param_groups[0]["lr"], previous_samples, grids)
         save_checkpoint(path, model, optimizer, data_gen, state, is_best)
         saved_at = time.perf_counter()
         if progress:

@@ -84,17 +84,11 @@ def _wait_past(files: Sequence[Path]) -> None:
 
 def tile(images: torch.Tensor, image_shape: Sequence[int], ncol: int = N_IMAGES) -> np.ndarray:
     """Flat images (N, D) as one (H', W') float32 grey image in [0, 1], ``ncol`` per row, with a
-    2-pixel grey (0.5) border, like :func:`vae_utils.plotting.image_grid` but without torchvision."""
-    h, w = image_shape
-    pad = 2
-    imgs = images.detach().to("cpu", torch.float32).reshape(-1, h, w).clamp(0, 1)
-    nrow = math.ceil(len(imgs) / ncol)
-    grid = torch.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad), 0.5)
-    for i, img in enumerate(imgs):
-        r, c = divmod(i, ncol)
-        top, left = pad + r * (h + pad), pad + c * (w + pad)
-        grid[top : top + h, left : left + w] = img
-    return grid.numpy()
+    2-pixel grey (0.5) border: torchvision's ``make_grid``, as :func:`vae_utils.plotting.image_grid`."""
+    from torchvision.utils import make_grid
+
+    imgs = images.detach().to("cpu", torch.float32).reshape(-1, 1, *image_shape).clamp(0, 1)
+    return make_grid(imgs, nrow=ncol, padding=2, pad_value=0.5)[0].numpy()
 
 
 def image_grids(model: VAE, data: Data, seed: int) -> dict[str, np.ndarray]:

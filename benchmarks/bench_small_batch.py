@@ -40,7 +40,7 @@ import torchvision
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_train import matmul_peak, reference_step, step_flops
 
-from vae_utils import VAE, TrainConfig, load_dataset, presets, training
+from vae_utils import VAE, TrainConfig, compiled_step, load_dataset, presets
 from vae_utils.config import BURDA_EPOCHS
 from vae_utils.data import batches, data_root
 from vae_utils.training import make_optimizer, train_step
@@ -55,13 +55,13 @@ _COMPILED: dict = {}
 
 
 def compiled_train_step(model, optimizer, x, config, generator, mode="default", cpp_wrapper=False):
-    """:func:`vae_utils.training.compiled_train_step` with vae_utils' graph compiled with another
+    """:func:`vae_utils.compiled_step.compiled_train_step` with vae_utils' graph compiled with another
     ``mode`` or with the C++ wrapper (what vae_utils uses), to compare them."""
     key = mode, cpp_wrapper
     if key not in _COMPILED:  # mode "reduce-overhead" on a CPU: no CUDA graphs, no input size asserts
         how = {"options": {"cpp_wrapper": True}} if cpp_wrapper else {"mode": mode}  # not both
-        _COMPILED[key] = torch.compile(training._adam_step, fullgraph=True, dynamic=False, **how)
-    return training.compiled_train_step(model, optimizer, x, config, generator, step=_COMPILED[key])
+        _COMPILED[key] = torch.compile(compiled_step.adam_step, fullgraph=True, dynamic=False, **how)
+    return compiled_step.compiled_train_step(model, optimizer, x, config, generator, step=_COMPILED[key])
 
 
 # ----------------------------------------------------------------------------- the loops, in slices

@@ -66,7 +66,7 @@ def test_mypy_passes():
 
 # ----------------------------------------------------------------------------- the checks bite
 
-UNUSED_IMPORT = "import json  # the fault: never used\n"
+UNUSED_IMPORT = "import keyword  # the fault: never used\n"
 MISFORMATTED = "LIMITS = {'low':1,'high' : 2}  # the fault: quotes and spacing\n"
 WRONG_TYPE = """
 
@@ -85,7 +85,7 @@ def copies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("code_quality")
     source = MODULE.read_text(encoding="utf-8")
     anchor = "import math\n"  # the unused import goes where isort would put it: no I001 as well
-    assert anchor in source and "\nimport json" not in source and "_minimum_seed" not in source
+    assert anchor in source and "\nimport keyword" not in source and "_minimum_seed" not in source
     variants = {
         "clean": source,
         "unused_import": source.replace(anchor, UNUSED_IMPORT + anchor, 1),

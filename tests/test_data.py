@@ -614,11 +614,11 @@ def test_test_only_load_does_not_read_the_training_split(shared_data, monkeypatc
 
 
 def test_load_test_data_loads_only_each_configs_test_split(shared_data):
-    """plotting.load_test_data (notebooks 03-05): the config's test split (dataset, binarisation,
+    """analysis.load_test_data (notebooks 03-05): the config's test split (dataset, binarisation,
     test subset) without training data; runs that share a test set share one load."""
+    from vae_utils.analysis import load_test_data
     from vae_utils.config import TrainConfig
     from vae_utils.data import load_config_data
-    from vae_utils.plotting import load_test_data
 
     a = TrainConfig(data_dir=str(shared_data), binarize="static", train_subset=100, test_subset=30)
     b = TrainConfig(

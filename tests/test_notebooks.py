@@ -1,7 +1,7 @@
 """The notebooks' contract with papermill and nbval.
 
 - ``tests/notebooks/`` (MNIST) and ``tests/notebooks/frey/`` (Frey Face, Gaussian decoder) hold
-  nbval's reference sets (``study.CI_REFERENCE_SETS``), which ``pytest --nbval`` re-executes and
+  nbval's reference sets (``references.CI_REFERENCE_SETS``), which ``pytest --nbval`` re-executes and
   compares; a reference is stale when its code cells differ from its notebook's in ``notebooks/``
   or it ran with other parameters than its set's.
 - Every notebook has one ``parameters`` cell, the ``python3`` kernelspec and no stored outputs.
@@ -21,13 +21,14 @@ from pathlib import Path
 import nbformat
 import papermill
 import pytest
+import references
 
-from vae_utils import study
+from vae_utils import config
 from vae_utils.runfiles import RUN_FILES
 
-NOTEBOOKS = study.ALL_NOTEBOOKS
-REGENERATE = f"regenerate the references with `{study.REFERENCES_COMMAND}`"
-SETS = study.CI_REFERENCE_SETS
+NOTEBOOKS = references.ALL_NOTEBOOKS
+REGENERATE = f"regenerate the references with `{references.REFERENCES_COMMAND}`"
+SETS = references.CI_REFERENCE_SETS
 #: (set, notebook) for every reference of every set.
 REFERENCES = [
     (s, nb) for s, reference_set in SETS.items() for nb in NOTEBOOKS if nb in reference_set["parameters"]
@@ -35,7 +36,7 @@ REFERENCES = [
 
 
 def source_path(name: str) -> Path:
-    path = study.NOTEBOOKS_DIR / f"{name}.ipynb"
+    path = config.NOTEBOOKS_DIR / f"{name}.ipynb"
     if not path.is_file():
         pytest.fail(f"notebook {path} is missing")
     return path
@@ -64,9 +65,9 @@ def validation_index(nb) -> int:
 
 
 def test_the_notebook_set_and_the_reference_set_match():
-    notebooks = sorted(p.stem for p in study.NOTEBOOKS_DIR.glob("*.ipynb"))
+    notebooks = sorted(p.stem for p in config.NOTEBOOKS_DIR.glob("*.ipynb"))
     assert notebooks == list(NOTEBOOKS), f"notebooks/ holds {notebooks}, the project has {NOTEBOOKS}"
-    assert list(SETS["mnist"]["parameters"]) == list(study.NOTEBOOKS)
+    assert list(SETS["mnist"]["parameters"]) == list(config.STUDY_NOTEBOOKS)
     covered = {nb for reference_set in SETS.values() for nb in reference_set["parameters"]}
     assert covered == set(NOTEBOOKS), f"no reference set runs {sorted(set(NOTEBOOKS) - covered)}"
     for name, reference_set in SETS.items():
@@ -74,7 +75,7 @@ def test_the_notebook_set_and_the_reference_set_match():
         references = sorted(p.stem for p in folder.glob("*.ipynb"))
         wanted = [nb for nb in NOTEBOOKS if nb in reference_set["parameters"]]
         assert references == wanted, (
-            f"{folder.relative_to(study.PROJECT_ROOT)} holds {references}, set {name!r} runs {wanted}: "
+            f"{folder.relative_to(config.PROJECT_ROOT)} holds {references}, set {name!r} runs {wanted}: "
             f"{REGENERATE}"
         )
 
@@ -88,7 +89,7 @@ def test_reference_set_is_consistent(name):
     parameters, run_dir = reference_set["parameters"], reference_set["run_dir"]
     folder = Path(reference_set["folder"]).resolve()
     assert set(parameters) <= set(NOTEBOOKS), sorted(set(parameters) - set(NOTEBOOKS))
-    assert folder.is_relative_to(study.PROJECT_ROOT / "tests"), folder
+    assert folder.is_relative_to(config.PROJECT_ROOT / "tests"), folder
     assert parameters["02_train"]["run_dir"] == run_dir and parameters["02_train"]["overwrite"] is True
     for nb in ("03_loss_curves", "04_reconstruction", "05_latent_manifold"):
         assert parameters[nb]["run_dir"] == run_dir, f"{name}: {nb} reads {parameters[nb]['run_dir']}"
@@ -103,7 +104,7 @@ def test_reference_set_is_consistent(name):
 def _sanitize(text: str) -> str:
     """tests/nbval_sanitize.cfg's replacements, in its order, as nbval applies them."""
     parser = configparser.ConfigParser(interpolation=None)
-    parser.read(study.PROJECT_ROOT / "tests" / "nbval_sanitize.cfg")
+    parser.read(config.PROJECT_ROOT / "tests" / "nbval_sanitize.cfg")
     for section in parser.sections():
         text = re.sub(parser[section]["regex"], parser[section]["replace"], text)
     return text
@@ -114,10 +115,10 @@ def test_sanitizer_hides_where_the_repository_lives(name):
     # A fresh clone elsewhere prints other absolute paths for the run and the reference folder.
     # (A checkout under /tmp is sanitised by the [tmp] rule instead, as every temporary path is, so
     # the real root is compared only when it lies elsewhere.)
-    run = SETS[name].get("run_dir") or study.reference_runs(name)[0].run_dir
-    real = [] if str(study.PROJECT_ROOT).startswith("/tmp/") else [str(study.PROJECT_ROOT)]
+    run = SETS[name].get("run_dir") or references.reference_runs(name)[0].run_dir
+    real = [] if str(config.PROJECT_ROOT).startswith("/tmp/") else [str(config.PROJECT_ROOT)]
     for root in (*real, "/somewhere/else/vae", "/home/someone/src/vae"):
-        folder = Path(SETS[name]["folder"]).relative_to(study.PROJECT_ROOT)
+        folder = Path(SETS[name]["folder"]).relative_to(config.PROJECT_ROOT)
         printed = f"saved to '{root}/{run}' from {root}/{folder}"
         assert _sanitize(printed) == _sanitize(printed.replace(root, "/elsewhere/clone"))
         assert root not in _sanitize(printed)
@@ -145,7 +146,7 @@ def test_notebook_is_clean(name):
 def test_reference_is_current(set_name, name):
     source = read(source_path(name))
     reference_path = Path(SETS[set_name]["folder"]) / f"{name}.ipynb"
-    shown = reference_path.relative_to(study.PROJECT_ROOT)
+    shown = reference_path.relative_to(config.PROJECT_ROOT)
     assert reference_path.is_file(), f"{shown} is missing: {REGENERATE}"
     reference = read(reference_path)
     ours, theirs = code_sources(source), code_sources(reference)
@@ -159,7 +160,7 @@ def test_reference_is_current(set_name, name):
             f"now, {len(theirs)} in the reference); {REGENERATE}"
         )
     injected = reference.metadata.get("papermill", {}).get("parameters")
-    wanted = study.reference_parameters(set_name)[name]
+    wanted = references.reference_parameters(set_name)[name]
     assert injected == wanted, (
         f"{shown} ran with {injected}, the CI configuration of set {set_name!r} is {wanted}: {REGENERATE}"
     )
@@ -175,9 +176,9 @@ def test_reference_is_current(set_name, name):
 def test_references_and_nbval_use_the_same_thread_count():
     # tests/conftest.py exports the thread count that nbval's kernels inherit; the references must
     # have been made with the same one, or their floats may differ in the last digits.
-    assert os.environ.get("OMP_NUM_THREADS") == str(study.CI_THREADS), (
+    assert os.environ.get("OMP_NUM_THREADS") == str(references.CI_THREADS), (
         f"tests/conftest.py sets OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
-        f"vae_utils.study.CI_THREADS is {study.CI_THREADS}: make them equal and {REGENERATE}"
+        f"references.CI_THREADS is {references.CI_THREADS}: make them equal and {REGENERATE}"
     )
 
 
@@ -191,7 +192,7 @@ def execute(name: str, parameters: dict, tmp_path: Path):
             str(source_path(name)),
             str(tmp_path / f"{name}.ipynb"),
             parameters=parameters,
-            cwd=str(study.NOTEBOOKS_DIR),
+            cwd=str(config.NOTEBOOKS_DIR),
             progress_bar=False,
             kernel_name="python3",
         )
@@ -227,7 +228,7 @@ def test_bad_parameter_fails_at_the_validation_cell(name, parameters, ename, mes
         f"cell {validation + 1} (the code cell after 'parameters'): {error.ename}: {error.evalue}"
     )
     assert error.source == source.cells[validation].source
-    assert not study.PROJECT_ROOT.joinpath(MISSING_RUN).exists()
+    assert not config.PROJECT_ROOT.joinpath(MISSING_RUN).exists()
 
 
 def test_an_existing_run_is_left_untouched(tmp_path, shared_data):
@@ -259,10 +260,10 @@ def test_an_existing_run_is_left_untouched(tmp_path, shared_data):
 def test_multi_run_sets_name_distinct_tiny_runs(name):
     """06 and 07's references analyse runs trained before them (tests/notebooks/conftest.py): tiny,
     on the CPU, each in its own directory under runs/nbval_<set>/."""
-    configs = study.reference_runs(name)
+    configs = references.reference_runs(name)
     assert len({c.run_dir for c in configs}) == len(configs) >= 4
     assert all(c.run_dir.startswith(f"runs/nbval_{name}/") and c.device == "cpu" for c in configs)
     assert all(c.train_subset == 500 and c.test_subset == 100 for c in configs)
-    parameters = study.reference_parameters(name)
+    parameters = references.reference_parameters(name)
     (notebook,) = parameters
     assert parameters[notebook]["run_dirs"] == [c.run_dir for c in configs]

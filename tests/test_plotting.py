@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 import torch
 
-from vae_utils import plotting
-from vae_utils.config import TrainConfig
+from vae_utils import analysis, figure2, likelihoods, plotting
+from vae_utils.config import REGIMES, TrainConfig
 from vae_utils.loss import posterior_statistics
 from vae_utils.model import VAE
 from vae_utils.runfiles import Run
@@ -50,9 +50,9 @@ def history(offset=0.0):
 
 
 def test_unit_square_points_are_evenly_spaced_inside_the_open_interval():
-    u = plotting.unit_square_points(4)
+    u = analysis.unit_square_points(4)
     assert torch.allclose(u, torch.tensor([0.2, 0.4, 0.6, 0.8]))
-    assert plotting.unit_square_points(20).min() > 0 and plotting.unit_square_points(20).max() < 1
+    assert analysis.unit_square_points(20).min() > 0 and analysis.unit_square_points(20).max() < 1
 
 
 def test_latent_grid_is_the_inverse_gaussian_cdf_of_the_evenly_spaced_points():
@@ -81,7 +81,7 @@ def test_pca_projection_shape_order_and_explained_variance():
     scales = torch.tensor([5.0, 2.0, 0.5, 0.1])
     q, _ = torch.linalg.qr(torch.randn(4, 4, generator=g))
     data = (torch.randn(2000, 4, generator=g) * scales) @ q.T + 3.0  # rotated, shifted
-    projected, explained = plotting.pca_project(data, k=2)
+    projected, explained = analysis.pca_project(data, k=2)
     assert projected.shape == (2000, 2) and explained.shape == (2,)
     variances = projected.double().var(0)
     assert variances[0] > variances[1]
@@ -93,8 +93,8 @@ def test_pca_projection_shape_order_and_explained_variance():
     assert torch.allclose(explained, expected[:2], atol=0.02)
     cov = torch.cov(projected.double().T)
     assert abs(cov[0, 1]) < 1e-6 * cov[0, 0]  # uncorrelated components
-    assert torch.equal(projected, plotting.pca_project(data, k=2)[0])  # deterministic
-    _, all_explained = plotting.pca_project(data, k=4)
+    assert torch.equal(projected, analysis.pca_project(data, k=2)[0])  # deterministic
+    _, all_explained = analysis.pca_project(data, k=4)
     assert torch.isclose(all_explained.sum(), torch.tensor(1.0))
     assert (all_explained[:-1] >= all_explained[1:]).all()
 
@@ -116,7 +116,7 @@ def test_image_grid_shape_padding_and_clipping():
 
 def test_interpolate_includes_both_ends():
     a, b = torch.tensor([0.0, 1.0]), torch.tensor([2.0, -1.0])
-    path = plotting.interpolate(a, b, steps=5)
+    path = analysis.interpolate(a, b, steps=5)
     assert path.shape == (5, 2)
     assert torch.equal(path[0], a) and torch.allclose(path[-1], b)
     assert torch.allclose(path[2], (a + b) / 2)
@@ -128,22 +128,35 @@ def test_history_long_and_run_labels():
     assert set(long.columns) == {"run", "epoch", "samples", "split", "term", "value"}
     assert set(long["term"]) == {"elbo", "recon", "kl"}
     configs = [TrainConfig(latent_dim=2, run_dir="/tmp/a"), TrainConfig(latent_dim=5, run_dir="/tmp/b")]
-    assert plotting.run_labels(configs) == ["latent_dim=2", "latent_dim=5"]
-    assert plotting.run_labels(configs[:1]) == ["mnist_bernoulli_z2_h500_s0"]
+    assert analysis.run_labels(configs) == ["latent_dim=2", "latent_dim=5"]
+    assert analysis.run_labels(configs[:1]) == ["mnist_bernoulli_z2_h500_s0"]
     same = [TrainConfig(run_dir="/tmp/a"), TrainConfig(run_dir="/tmp/b")]
-    assert plotting.run_labels(same) == ["/tmp/a", "/tmp/b"]
+    assert analysis.run_labels(same) == ["/tmp/a", "/tmp/b"]
 
 
 def test_metrics_table_and_regimes():
-    table = plotting.metrics_table(history().iloc[-1])
+    table = analysis.metrics_table(history().iloc[-1])
     assert list(table.index) == ["train", "test"]
     assert table.loc["test", "ELBO"] == pytest.approx(-78.0)
-    assert "Burda" in plotting.describe_regime(TrainConfig(binarize="dynamic"))
-    assert "density" in plotting.describe_regime(TrainConfig(decoder="gaussian"))
+
+
+def test_every_decoder_and_binarisation_has_one_data_regime():
+    codes = [TrainConfig(binarize=b).regime for b in ("none", "dynamic", "static")]
+    codes += [TrainConfig(decoder=d).regime for d in ("continuous_bernoulli", "gaussian")]
+    assert sorted(codes) == sorted(REGIMES)  # binarisation is for the Bernoulli decoder only
+    assert "Burda" in REGIMES["binary_dynamic"].note
+    assert [c for c, r in REGIMES.items() if r.density] == ["grey_continuous_bernoulli", "grey_gaussian"]
+    assert likelihoods.regime_label(TrainConfig(decoder="gaussian", min_logvar=-6.0)).endswith(
+        "(log sigma^2 >= -6)"
+    )
+    assert [likelihoods.likelihood_label(TrainConfig(binarize=b)) for b in ("none", "static")] == [
+        "Bernoulli on grey levels",
+        "VAE, static binarisation",
+    ]
 
 
 def test_likelihood_summary_iw_bound_is_above_the_elbo(model, x):
-    summary = plotting.likelihood_summary(model, x, k=200, seed=0, progress=False)
+    summary = analysis.likelihood_summary(model, x, k=200, seed=0, progress=False)
     assert summary["images"] == len(x)
     assert summary["log p(x) - ELBO"] == pytest.approx(summary["log p(x), k=200"] - summary["ELBO"])
     assert summary["log p(x) - ELBO"] > 0
@@ -153,9 +166,9 @@ def test_cached_likelihood_summary_reads_back_and_keys_on_the_model_and_images(
     model, x, tmp_path, monkeypatch
 ):
     run = Run(TrainConfig(), history(), model, tmp_path, 3, 3, 0.01)
-    first = plotting.cached_likelihood_summary(run, x, k=50, seed=0, progress=False)
-    assert first == plotting.likelihood_summary(model, x, k=50, seed=0, progress=False)
-    assert len(json.loads((tmp_path / plotting.LIKELIHOOD_CACHE).read_text())) == 1
+    first = analysis.cached_likelihood_summary(run, x, k=50, seed=0, progress=False)
+    assert first == analysis.likelihood_summary(model, x, k=50, seed=0, progress=False)
+    assert len(json.loads((tmp_path / analysis.LIKELIHOOD_CACHE).read_text())) == 1
 
     calls = []
 
@@ -163,19 +176,19 @@ def test_cached_likelihood_summary_reads_back_and_keys_on_the_model_and_images(
         calls.append(args)
         return {"images": 0}
 
-    monkeypatch.setattr(plotting, "likelihood_summary", counted)
-    assert plotting.cached_likelihood_summary(run, x, k=50, seed=0, progress=False) == first
+    monkeypatch.setattr(analysis, "likelihood_summary", counted)
+    assert analysis.cached_likelihood_summary(run, x, k=50, seed=0, progress=False) == first
     assert calls == []  # read back, not recomputed
-    plotting.cached_likelihood_summary(run, x[:-1], k=50, seed=0, progress=False)  # other images
-    plotting.cached_likelihood_summary(run, x, k=51, seed=0, progress=False)  # another k
+    analysis.cached_likelihood_summary(run, x[:-1], k=50, seed=0, progress=False)  # other images
+    analysis.cached_likelihood_summary(run, x, k=51, seed=0, progress=False)  # another k
     with torch.no_grad():
         next(model.parameters()).add_(1e-3)  # another checkpoint
-    plotting.cached_likelihood_summary(run, x, k=50, seed=0, progress=False)
+    analysis.cached_likelihood_summary(run, x, k=50, seed=0, progress=False)
     assert len(calls) == 3
-    assert len(json.loads((tmp_path / plotting.LIKELIHOOD_CACHE).read_text())) == 4
+    assert len(json.loads((tmp_path / analysis.LIKELIHOOD_CACHE).read_text())) == 4
     # a folder that cannot be written: computed, not cached, no error
     unwritable = Run(TrainConfig(), history(), model, tmp_path / "missing", 3, 3, 0.01)
-    assert plotting.cached_likelihood_summary(unwritable, x, k=50, seed=0, progress=False) == {"images": 0}
+    assert analysis.cached_likelihood_summary(unwritable, x, k=50, seed=0, progress=False) == {"images": 0}
     assert not (tmp_path / "missing").exists()
 
 
@@ -196,12 +209,12 @@ def test_prior_mismatch_table_finds_the_unit_whose_codes_leave_the_prior(monkeyp
     """Unit 1's codes all sit at N(-1, 1/4): KL 1/2 (1/4 - log 1/4) = 0.818 nats from N(0, 1), and
     P(|z - (-1)| > 3/2) = Phi(-2.5) + 1 - Phi(0.5) = 0.315 of the prior's draws lie off them."""
     monkeypatch.setattr(
-        plotting,
+        figure2,
         "load_test_data",
         lambda configs: [SimpleNamespace(x_test=torch.rand(40, 784))] * len(configs),
     )
     runs = {"shifted": _constant_code_run(-1.0, math.log(0.25)), "prior": _constant_code_run(0.0, 0.0)}
-    table = plotting.prior_mismatch_table(runs)
+    table = figure2.prior_mismatch_table(runs)
     row = table.loc["shifted"]
     assert (row["unit j furthest from p"], row["q(z_j) mean"], row["q(z_j) variance"]) == (1, -1.0, 0.25)
     assert row["KL(q(z_j) || p(z_j))"] == pytest.approx(0.5 * (0.25 - math.log(0.25)), abs=1e-3)
@@ -210,11 +223,11 @@ def test_prior_mismatch_table_finds_the_unit_whose_codes_leave_the_prior(monkeyp
     assert table.loc["prior", "KL(q(z) || p(z)), all units"] == 0.0
     assert table.loc["prior", "prior draws off the codes"] == pytest.approx(0.003, abs=1e-3)  # 3 sigma
 
-    assert plotting.prior_mismatch_summary(table) == (
+    assert figure2.prior_mismatch_summary(table) == (
         "MNIST, N_z = 2, AEVB: the codes of unit 1 have mean -1.00 and variance 0.25, so 31.5% of the "
         "draws z ~ p(z) fall more than 3 of their standard deviations away"
     )
-    (figure,) = plotting.plot_unit_traverses(runs, table)  # one dataset: its worst run only
+    (figure,) = figure2.plot_unit_traverses(runs, table)  # one dataset: its worst run only
     labels = [ax.get_ylabel() for ax in figure.axes if ax.get_ylabel()]
     assert labels == ["z_1 = -2", "z_1 = -1", "z_1 = 0", "z_1 = 1", "z_1 = 2"]
     assert len(figure.axes) == 5 * 8 and "N_z = 2" in figure._suptitle.get_text()
@@ -283,18 +296,18 @@ BASELINES = pd.DataFrame({"train": [-206.0, 564.8], "test": [-205.8, 563.5]}, in
 
 
 def test_figure2_table_values():
-    table = plotting.figure2_table(figure2_long(), BASELINES)
+    table = figure2.figure2_table(figure2_long(), BASELINES)
     mnist, frey = table.loc[("MNIST", 3)], table.loc[("Frey Face", 2)]
     assert (mnist["AEVB test"], mnist["AEVB gap"], mnist["AEVB KL"]) == (-143, 3, 7)
     assert (mnist["WS test"], mnist["WS gap"], mnist["AEVB - WS (test)"]) == (-151, 1, 8)
     assert mnist["AEVB reaches WS's final test bound at"] == 100_000  # -152 at 10^4 is still below -151
     assert frey["AEVB reaches WS's final test bound at"] == 10_000
-    assert (frey["WS KL"], frey[plotting.Z_IGNORED], mnist[plotting.Z_IGNORED]) == (0.01, 563.5, -205.8)
-    assert list(plotting.figure2_table(figure2_long()).columns).count(plotting.Z_IGNORED) == 0
+    assert (frey["WS KL"], frey[figure2.Z_IGNORED], mnist[figure2.Z_IGNORED]) == (0.01, 563.5, -205.8)
+    assert list(figure2.figure2_table(figure2_long()).columns).count(figure2.Z_IGNORED) == 0
 
 
 def test_figure2_claims_check_each_claim():
-    claims = plotting.figure2_claims(plotting.figure2_table(figure2_long(), BASELINES)).splitlines()
+    claims = figure2.figure2_claims(figure2.figure2_table(figure2_long(), BASELINES)).splitlines()
     assert claims[0] == "- AEVB ends higher (test bound at the end of the budget) in 2 of 2 panels."
     assert claims[1] == "  Its lead ranges from 8.0 to 236.0 nats per datapoint."
     assert claims[2] == (  # MNIST's AEVB reaches -151 only at the end of the budget: not faster
@@ -309,17 +322,17 @@ def test_figure2_claims_check_each_claim():
 
 
 def test_figure2_axes_say_where_the_bounds_sit():
-    lines = plotting.figure2_axes(plotting.figure2_table(figure2_long())).splitlines()
+    lines = figure2.figure2_axes(figure2.figure2_table(figure2_long())).splitlines()
     assert lines[0] == "MNIST     AEVB final test bounds   -143.0 ..   -143.0   (paper's axis -150 .. -100)"
     assert lines[-1] == "Frey Face WS   final test bounds    564.0 ..    564.0   (paper's axis 0 .. 1600)"
 
 
 def test_plot_figure2_draws_the_z_ignored_line_in_its_panel():
-    fig = plotting.plot_figure2(figure2_long(), BASELINES)
+    fig = figure2.plot_figure2(figure2_long(), BASELINES)
     frey = next(ax for ax in fig.axes if ax.get_title().startswith("Frey Face"))
-    lines = [line for line in frey.get_lines() if line.get_label() == plotting.Z_IGNORED]
+    lines = [line for line in frey.get_lines() if line.get_label() == figure2.Z_IGNORED]
     assert len(lines) == 1 and list(lines[0].get_ydata()) == [563.5, 563.5]
-    assert plotting.Z_IGNORED in [t.get_text() for t in fig.legends[0].get_texts()]
+    assert figure2.Z_IGNORED in [t.get_text() for t in fig.legends[0].get_texts()]
     plt.close("all")
 
 
@@ -344,21 +357,21 @@ def test_figure2_protocol_figure5_and_figure4a_from_runs():
             for p, r in runs.items()
         ]
     )
-    protocol = plotting.figure2_protocol(runs)
+    protocol = figure2.figure2_protocol(runs)
     assert protocol.index[0] == ("frey_face", 2, "aevb") and len(protocol) == 6
     assert protocol.loc[("mnist", 5, "wake_sleep"), "weight decay"] == "1/1765"
     assert protocol.loc[("mnist", 5, "wake_sleep"), "training samples"] == 3000
-    figures = plotting.plot_figure5(points, runs, seed=0, n=4)
+    figures = figure2.plot_figure5(points, runs, seed=0, n=4)
     assert [f._suptitle.get_text().split(":")[0] for f in figures] == ["MNIST", "Frey Face"]
     assert [ax.get_ylabel() for ax in figures[0].axes[::4]] == ["N_z = 3", "N_z = 5"]  # AEVB only
-    assert isinstance(plotting.plot_figure4a(points, runs, grid_size=3), plt.Axes)
-    assert plotting.plot_figure4a(points[points["dataset"] == "mnist"], runs) is None
+    assert isinstance(figure2.plot_figure4a(points, runs, grid_size=3), plt.Axes)
+    assert figure2.plot_figure4a(points[points["dataset"] == "mnist"], runs) is None
     plt.close("all")
 
 
 def test_likelihood_runs_table_and_decoder_images():
     runs = {
-        plotting.likelihood_label(r.config): r
+        likelihoods.likelihood_label(r.config): r
         for r in (
             a_run(
                 decoder=d, hidden_dim=8, latent_dim=2, hidden_layers=2, lr_schedule="burda", optimizer="adam"
@@ -366,10 +379,10 @@ def test_likelihood_runs_table_and_decoder_images():
             for d in ("bernoulli", "continuous_bernoulli")
         )
     }
-    table = plotting.likelihood_runs_table(runs)
+    table = likelihoods.likelihood_runs_table(runs)
     assert list(table.index) == ["Bernoulli on grey levels", "continuous Bernoulli"]
     assert table.loc["continuous Bernoulli", "architecture"] == "2 x 8 tanh, N_z = 2"
-    figures = plotting.plot_decoder_images(runs, torch.rand(3, 784), seed=0)
+    figures = likelihoods.plot_decoder_images(runs, torch.rand(3, 784), seed=0)
     assert [ax.get_ylabel() for ax in figures[0].axes[::3]] == ["test images", *runs]
     assert [ax.get_ylabel() for ax in figures[1].axes[::3]] == list(runs)
     plt.close("all")
@@ -383,7 +396,7 @@ def test_log_likelihood_by_pixel_value_splits_the_reconstruction_term():
     x = torch.rand(6, 784, generator=torch.Generator().manual_seed(2))
     x[:, :392] = 0.0  # half the pixels exactly 0, a quarter exactly 1
     x[:, 392:588] = 1.0
-    table = plotting.log_likelihood_by_pixel_value(runs, x)
+    table = likelihoods.log_likelihood_by_pixel_value(runs, x)
     kinds = ["x = 0 (50.0% of pixels)", "0 < x < 1 (25.0% of pixels)", "x = 1 (25.0% of pixels)"]
     assert list(table.columns) == [*kinds, "all pixels", "most per pixel"]
     for label, run in runs.items():
@@ -396,7 +409,7 @@ def test_log_likelihood_by_pixel_value_splits_the_reconstruction_term():
         {"regime": ["a density", "a density"], "log p(x), k=10": [10.0, 4.0]},
         index=["continuous_bernoulli", "gaussian"],
     )
-    text = plotting.decoder_recommendation(grey, table)
+    text = likelihoods.decoder_recommendation(grey, runs, table)
     lead = table.loc["continuous_bernoulli"] - table.loc["gaussian"]
     atoms = lead[kinds[0]] + lead[kinds[2]]
     assert f"At z = mu(x), {atoms:.0f} of its {lead['all pixels']:.0f}-nat lead over gaussian come" in text

@@ -7,16 +7,16 @@ import base64
 import io
 import json
 import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 import nbformat
-import pandas as pd
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 from PIL import Image
 
-from vae_utils import reports
-from vae_utils.config import TrainConfig
+from vae_utils import index_page, mathml, reports, results
+from vae_utils.config import STUDY_NOTEBOOKS, TrainConfig
 
 MB = 1024 * 1024
 
@@ -78,7 +78,7 @@ def make_notebook(path: Path, source: str = "plt.plot([1, 2])", data: bytes = b"
 
 
 def test_latex_to_mathml_renders_the_notebooks_constructs():
-    inline = reports.latex_to_mathml(
+    inline = mathml.latex_to_mathml(
         r"\mathbf{x} \mathbf z \boldsymbol\sigma \mathcal{L} \mathbb{E} "
         r"\mathbf{0}"
     )
@@ -86,17 +86,17 @@ def test_latex_to_mathml_renders_the_notebooks_constructs():
     assert "mathvariant" not in inline  # Chromium ignores it: Unicode mathematical letters instead
     for letter in "\U0001d431\U0001d433\U0001d748\u2112\U0001d53c\U0001d7ce":  # 𝐱 𝐳 𝝈 ℒ 𝔼 𝟎
         assert letter in inline
-    assert "<mo>\u223c</mo>" in reports.latex_to_mathml(r"z \sim q")  # \sim is a relation, not "~"
-    assert '<mi mathvariant="normal">\u03a6</mi>' in reports.latex_to_mathml(r"\Phi^{-1}(u)")  # upright
-    log = reports.latex_to_mathml(r"2 \log p + \operatorname{tr}(A)")
+    assert "<mo>\u223c</mo>" in mathml.latex_to_mathml(r"z \sim q")  # \sim is a relation, not "~"
+    assert '<mi mathvariant="normal">\u03a6</mi>' in mathml.latex_to_mathml(r"\Phi^{-1}(u)")  # upright
+    log = mathml.latex_to_mathml(r"2 \log p + \operatorname{tr}(A)")
     assert '<mn>2</mn><mspace width="0.167em" /><mi>log</mi><mspace width="0.167em" /><mi>p</mi>' in log
     assert "<mi>tr</mi><mo" in log  # no space before its parenthesis
-    tagged = reports.latex_to_mathml(r"a = b \tag{3}", display=True)
+    tagged = mathml.latex_to_mathml(r"a = b \tag{3}", display=True)
     assert tagged.startswith('<span class="equation"><math display="block">')
     assert tagged.endswith('<span class="tag">(3)</span></span>') and "tag" not in tagged.split("</math>")[0]
-    aligned = reports.latex_to_mathml(r"\begin{aligned} a &= b \\ c &= d \end{aligned}", display=True)
+    aligned = mathml.latex_to_mathml(r"\begin{aligned} a &= b \\ c &= d \end{aligned}", display=True)
     assert aligned.count("<mtr>") == 2 and "&amp;" not in aligned and "(1)" not in aligned
-    assert reports.latex_to_mathml(r"\frac{1}{") == r'<code class="tex-error">$\frac{1}{$</code>'
+    assert mathml.latex_to_mathml(r"\frac{1}{") == r'<code class="tex-error">$\frac{1}{$</code>'
 
 
 # ----------------------------------------------------------------------------- export
@@ -107,7 +107,7 @@ def test_export_html_is_offline_with_mathml(tmp_path):
     page = reports.export_html(notebook)
     text = page.read_text(encoding="utf-8")
     assert page == notebook.with_suffix(".html")
-    assert reports.remote_resources(text) == []
+    assert remote_resources(text) == []
     assert "<script" not in text and "mathjax" not in text.lower() and "require.js" not in text
     assert text.count("<math") == 7 and text.count('<math display="block"') == 2
     assert '<span class="tag">(3)</span>' in text and "\U0001d431" in text
@@ -134,7 +134,7 @@ def test_remote_resources_finds_what_a_page_would_fetch():
     </head><body><img src="HTTP://example.org/a.png"><img src="data:image/png;base64,AAA">
     <a href="https://arxiv.org/abs/1312.6114">a link is not fetched</a><script>var a = 1;</script>
     <math xmlns="http://www.w3.org/1998/Math/MathML"><mi>x</mi></math></body></html>"""
-    assert reports.remote_resources(page) == [
+    assert remote_resources(page) == [
         "https://cdn.example/require.js",
         "//cdn.example/x.css",
         "http://fonts.example/f.css",
@@ -192,7 +192,7 @@ def committed_pages() -> list[Path]:
 @pytest.mark.parametrize("page", committed_pages(), ids=lambda p: str(p.relative_to(reports.REPORTS_DIR)))
 def test_committed_reports_read_offline(page):
     text = page.read_text(encoding="utf-8")
-    assert reports.remote_resources(text) == [], "a stale report: re-export it with vae_utils.reports"
+    assert remote_resources(text) == [], "a stale report: re-export it with vae_utils.reports"
     for href in re.findall(r'<link[^>]*href="([^"]+)"', text) + re.findall(r'<img[^>]*src="([^":]+)"', text):
         assert (page.parent / href).is_file(), f"{page.name} refers to a missing {href}"
 
@@ -231,37 +231,16 @@ def fake_study(folder: Path) -> None:
         "epoch,train_elbo,test_elbo,test_kl,seconds\n1,800.0,790.5,4.0,60\n"
         "2,870.25,862.904,5.0,120\n3,880.0,850.0,5.5,180\n"
     )
-    table = pd.DataFrame.from_dict(
-        {
-            "mnist_gaussian_z2_h500_s0": {
-                "images": 10000,
-                "ELBO": 862.9,
-                "log p(x), k=5000": 866.5,
-                "log p(x) - ELBO": 3.6,
-            }
-        },
-        orient="index",
+    results.write_results(
+        folder / results.RESULTS_FILE,
+        "03_loss_curves",
+        [results.result("log p(x), k=5000", 866.5, "importance sampling", datapoints=10000)],
     )
-    loss_curves = new_notebook(
-        cells=[
-            new_code_cell(
-                "pd.DataFrame.from_dict(summary)",
-                outputs=[
-                    new_output(
-                        "execute_result",
-                        data={"text/html": table.to_html(), "text/plain": str(table)},
-                        execution_count=1,
-                    )
-                ],
-            )
-        ]
-    )
-    nbformat.write(loss_curves, folder / "03_loss_curves.ipynb")
     manifold = new_notebook(
         cells=[new_code_cell("plotting.plot_manifold(model)", outputs=[figure_output(png(320, 320))])]
     )
     nbformat.write(manifold, folder / "05_latent_manifold.ipynb")
-    for name in reports.STUDY_NOTEBOOKS:
+    for name in STUDY_NOTEBOOKS:
         (folder / f"{name}.html").write_text("<html></html>")
 
 
@@ -288,7 +267,7 @@ def test_index_lists_studies_and_reports_in_one_table(tmp_path):
     (root / "_static").mkdir()
     (root / "_static" / "jupyterlab.css").write_text("body {}")
 
-    page = reports.write_index(root)
+    page = index_page.write_index(root)
     text = page.read_text(encoding="utf-8")
     assert page == root / "index.html" and "_static" not in text
     assert text.count('<table class="reports">') == 1
@@ -302,8 +281,7 @@ def test_index_lists_studies_and_reports_in_one_table(tmp_path):
         ("N_z", "2"),
         ("epochs", "3"),
         ("best test ELBO", "862.90"),
-        ("log p(x), k=5000", "866.50"),
-        ("log p(x) on", "10,000 test images"),
+        ("log p(x), k=5000", "866.50 (10,000 images)"),
     ):
         assert f"<tr><th>{name}</th><td>{value}</td></tr>" in study_row
     assert "<code>python -m vae_utils.study --decoder gaussian</code>" in study_row
@@ -315,13 +293,16 @@ def test_index_lists_studies_and_reports_in_one_table(tmp_path):
     assert 'href="figure2/06_figure2.html"' in figure_row
     # the details below the table show the headline's strings as text, not as Python literals
     assert "<caption>headline</caption>" in text and "<td>cpu</td>" in text and "'cpu'" not in text
+    # and the study's configuration and results as config.json and results.json write them
+    assert "<td>gaussian</td>" in text and "'gaussian'" not in text and "'mnist'" not in text
+    assert "<td>null</td>" in text and "None" not in text and "<td>importance sampling</td>" in text
 
     thumbnails = re.findall(r'<img src="([^"]+)"', text)
     assert thumbnails == ["figure2/figure.png", "mnist_gaussian_z2_h500_s0/thumbnail.png"]
     assert all((root / src).is_file() for src in thumbnails)
     assert Image.open(root / thumbnails[1]).width == reports.THUMBNAIL_WIDTH
     assert 'href="figure2/06_figure2.ipynb"' in text  # the notebook beside a listed page
-    assert reports.remote_resources(text) == [] and "<script" not in text
+    assert remote_resources(text) == [] and "<script" not in text
 
 
 def test_study_command_rebuilds_the_command_line():
@@ -332,11 +313,11 @@ def test_study_command_rebuilds_the_command_line():
         "config": config.to_dict(),
         "options": {"latent_dim": 5, "sigmoid_mean": True, "iw_subset": None},
     }
-    assert reports.study_command(record) == (
+    assert index_page.study_command(record) == (
         "python -m vae_utils.study --latent-dim 5 --sigmoid-mean --iw-subset none --quick"
     )
     assert (
-        reports.study_command(
+        index_page.study_command(
             {
                 "name": "mnist_bernoulli_z2_h500_s0",
                 "quick": False,
@@ -352,13 +333,89 @@ def test_study_command_rebuilds_the_command_line():
         "config": TrainConfig().to_dict(),
         "options": {"sigmoid_mean": False, "run_dir": "runs/my run"},
     }
-    assert reports.study_command(record) == (
+    assert index_page.study_command(record) == (
         "python -m vae_utils.study --no-sigmoid-mean --run-dir 'runs/my run' --resume --name by-hand"
     )
 
 
-def test_study_notebooks_match_the_study_runner():
-    from vae_utils import study
+# ----------------------------------------------------------------------------- results as data
 
-    assert reports.STUDY_NOTEBOOKS == study.NOTEBOOKS
-    assert study.write_index is reports.write_index and study.export_html is reports.export_html
+
+def test_results_round_trip_and_headline(tmp_path):
+    entries = [
+        results.result("test NLL, k=5000: VAE", 92.834, "importance sampling", 10000, compare="Burda: 86.76"),
+        results.result("best final test ELBO", -101.0, "ELBO"),
+    ]
+    assert results.write_results(None, "07_likelihoods", entries) is None  # run by hand: nothing written
+    path = results.write_results(tmp_path / "r" / "results.json", "07_likelihoods", entries)
+    assert path == tmp_path / "r" / "results.json"
+    assert results.read_results(path.parent) == entries
+    assert json.loads(path.read_text())["notebook"] == "07_likelihoods"
+    assert results.headline(entries) == {
+        "test NLL, k=5000: VAE": "92.83 (10,000 images; Burda: 86.76)",
+        "best final test ELBO": "-101.00",
+    }
+    assert results.read_results(tmp_path) == []  # no results.json: no headline
+
+
+def test_results_refuse_unfinished_numbers_and_foreign_files(tmp_path):
+    with pytest.raises(ValueError, match=r"result 'log p\(x\)' = nan is invalid: allowed a finite number"):
+        results.result("log p(x)", float("nan"), "importance sampling")
+    (tmp_path / results.RESULTS_FILE).write_text('{"headline": {"a": 1}}')
+    with pytest.raises(ValueError, match="results.json is not a results file"):
+        results.read_results(tmp_path)
+
+
+# ----------------------------------------------------------------------------- offline check
+
+
+class _Fetched(HTMLParser):
+    """What a page would fetch: script src, link href, img/iframe/source/embed src, object data,
+    and ``url(...)`` / ``@import`` in style elements and attributes."""
+
+    FETCHED = {
+        "script": "src",
+        "link": "href",
+        "img": "src",
+        "iframe": "src",
+        "source": "src",
+        "embed": "src",
+        "audio": "src",
+        "video": "src",
+        "object": "data",
+        "input": "src",
+    }
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.urls: list[str] = []
+        self._in_style = False
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        attributes = dict(attrs)
+        if self.FETCHED.get(tag) in attributes and attributes[self.FETCHED[tag]]:
+            self.urls.append(attributes[self.FETCHED[tag]])
+        if attributes.get("srcset"):
+            self.urls.extend(part.split()[0] for part in attributes["srcset"].split(",") if part.strip())
+        self._css(attributes.get("style") or "")
+        self._in_style = tag == "style"
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_style = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_style:
+            self._css(data)
+
+    def _css(self, css: str) -> None:
+        self.urls.extend(re.findall(r"""url\(\s*['"]?([^'")\s]+)""", css))
+        self.urls.extend(re.findall(r"""@import\s+['"]([^'"]+)""", css))
+
+
+def remote_resources(page: str) -> list[str]:
+    """The URLs a page would fetch from the network to display (http, https or protocol-relative);
+    an offline report has none. Links a reader may follow (``<a href>``) are not fetched."""
+    collector = _Fetched()
+    collector.feed(page)
+    collector.close()
+    return [url for url in collector.urls if re.match(r"(?i)\s*(https?:)?//", url)]

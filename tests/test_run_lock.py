@@ -21,6 +21,7 @@ from small_runs import small_run_config
 
 import vae_utils.runfiles as R
 import vae_utils.training as T
+from vae_utils import sweep_engine, sweep_plan
 from vae_utils.config import PROJECT_ROOT
 from vae_utils.data import load_dataset
 from vae_utils.runfiles import LOCK_FILE, RunLocked, existing_run_files, lock_run_dir
@@ -270,7 +271,6 @@ def test_sweep_rerun_does_not_start_a_second_writer_for_a_point_in_training(
 ):
     """A sweep rerun reaching a point whose kernel (an orphan of a killed worker) still trains it
     reports the point failed, naming the holder, and starts no kernel and rewrites no file there."""
-    from vae_utils import sweep
     from vae_utils.config import TrainConfig
 
     folder = tmp_path / "point"
@@ -278,33 +278,31 @@ def test_sweep_rerun_does_not_start_a_second_writer_for_a_point_in_training(
     (folder / "point.json").write_text('{"status": "running"}')
     before = files_snapshot(folder)
     started = []
-    monkeypatch.setattr(sweep, "run_notebook", lambda *args, **kwargs: started.append(args))
-    result = sweep.run_point("point", TrainConfig(run_dir=str(folder)).to_dict())
+    monkeypatch.setattr(sweep_engine, "run_notebook", lambda *args, **kwargs: started.append(args))
+    result = sweep_engine.run_point("point", TrainConfig(run_dir=str(folder)).to_dict())
     assert started == [] and files_snapshot(folder) == before
     assert result["status"] == "failed" and result["error"].startswith("RunLocked: ")
     assert f"process {holder.pid} on host {socket.gethostname()}" in result["error"]
     holder.kill()
     holder.wait()
-    assert sweep.run_point("point", TrainConfig(run_dir=str(folder)).to_dict())["status"] == "done"
+    assert sweep_engine.run_point("point", TrainConfig(run_dir=str(folder)).to_dict())["status"] == "done"
     assert len(started) == 1
 
 
 def test_sweep_overwrite_deletes_no_point_that_is_being_trained(tmp_path, start_holder):
-    from vae_utils import sweep
-
-    plan = sweep.plan_sweep({"latent_dim": [2, 3]}, "ow", sweeps_dir=tmp_path)
+    plan = sweep_plan.plan_sweep({"latent_dim": [2, 3]}, "ow", sweeps_dir=tmp_path)
     folders = [plan.point_dir(point) for point in plan.points]
     for folder in folders:
         folder.mkdir(parents=True)
         (folder / "history.csv").write_text("epoch\n")
     holder = start_holder(folders[1])
     with pytest.raises(
-        sweep.SweepError, match=rf"point {folders[1].name} is still being trained: .*{holder.pid}"
+        sweep_plan.SweepError, match=rf"point {folders[1].name} is still being trained: .*{holder.pid}"
     ):
-        sweep.check_existing(plan, overwrite=True)
+        sweep_plan.check_existing(plan, overwrite=True)
     assert all((folder / "history.csv").is_file() for folder in folders)  # nothing deleted
     assert not (folders[0] / LOCK_FILE).exists()  # the lock taken on the first point was let go
     holder.kill()
     holder.wait()
-    sweep.check_existing(plan, overwrite=True)
+    sweep_plan.check_existing(plan, overwrite=True)
     assert not (plan.folder / "points").exists()

@@ -10,8 +10,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-import vae_utils.reports
-from vae_utils import study
+from vae_utils import index_page, notebook_runner, study
 from vae_utils.config import TrainConfig
 
 
@@ -121,7 +120,7 @@ def test_name_run_dir_resume_overwrite():
         (["--iw-samples", "0"], "iw_samples = 0 is invalid"),
         (["--name", "a/b"], "name = 'a/b' is invalid"),
         (["--resume", "--overwrite"], "not allowed with argument --resume"),
-        (["--references", "--quick"], "--references takes no other option"),
+        (["--references"], "--references moved out of the package: run `python tests/references.py`"),
     ],
 )
 def test_bad_options_exit_with_the_package_message(argv, message, capsys):
@@ -168,8 +167,14 @@ def tiny_notebooks(tmp_path) -> Path:
         "latent_dim = 2\nepochs = 100\nrun_dir = None\nseed = 0\noverwrite = False\nresume = False",
         TINY_02,
     )
+    tiny_notebook(  # writes its headline as notebook 03 does
+        folder / "03_loss_curves.ipynb",
+        "run_dir = 'x'\niw_samples = 5000\nseed = 0\nresults_path = None",
+        "from vae_utils import results\n"
+        "entry = results.result(f'log p(x), k={iw_samples}', -190.0, 'importance sampling', datapoints=10)\n"
+        "results.write_results(results_path, '03_loss_curves', [entry])",
+    )
     for name, extra in (
-        ("03_loss_curves", "iw_samples = 5000"),
         ("04_reconstruction", "n_images = 10"),
         ("05_latent_manifold", "grid_size = 20"),
     ):
@@ -184,7 +189,9 @@ def tiny_notebooks(tmp_path) -> Path:
 def test_declared_parameters(tiny_notebooks):
     path = tiny_notebooks / "03_loss_curves.ipynb"
     assert study.declared_parameters(path, {"run_dir": "r", "iw_subset": 3}) == {"run_dir": "r"}
-    with pytest.raises(study.StudyError, match=r"does not declare parameter\(s\) \['iw_subset'\]"):
+    with pytest.raises(
+        notebook_runner.NotebookError, match=r"does not declare parameter\(s\) \['iw_subset'\]"
+    ):
         study.declared_parameters(path, {"run_dir": "r", "iw_subset": 3}, explicit={"iw_subset": 3})
 
 
@@ -204,12 +211,18 @@ def test_run_study_end_to_end(tiny_notebooks, tmp_path, capsys):
     page = (folder / "04_reconstruction.html").read_text()
     assert "jp-InputArea" in page and "n_images" in page and "04_reconstruction 10" in page  # code shown
     executed = nbformat.read(folder / "03_loss_curves.ipynb", as_version=4)
-    assert executed.metadata.papermill.parameters == {"run_dir": str(run_dir), "iw_samples": 7, "seed": 0}
+    assert executed.metadata.papermill.parameters == {
+        "run_dir": str(run_dir),
+        "iw_samples": 7,
+        "seed": 0,
+        "results_path": str(folder / "results.json"),
+    }
     record = json.loads((folder / "study.json").read_text())
     assert record["status"] == "complete" and record["config"]["latent_dim"] == 3
     assert "n_mc" not in record["parameters"]["01_derivation"]  # only the contract's parameters
     index = (reports / "index.html").read_text()
     assert 'href="tiny/02_train.html"' in index and "-189.25" in index  # best test ELBO, from history.csv
+    assert "<tr><th>log p(x), k=7</th><td>-190.00 (10 images)</td></tr>" in index  # from results.json
 
     # the run exists now: a second study stops before running anything, and changes nothing
     stamp = (run_dir / "history.csv").stat().st_mtime_ns
@@ -281,16 +294,14 @@ def test_index_lists_every_study_with_its_configuration(tmp_path):
         (a / f"{name}.html").write_text("<html></html>")
         (a / f"{name}.ipynb").write_text("{}")
     (b / "02_train.html").write_text("<html></html>")
-    index = vae_utils.reports.write_index(reports).read_text()
+    index = index_page.write_index(reports).read_text()
     assert index.index("by_hand") < index.index("full_run")  # sorted
     assert "not_a_study" not in index
     for name in study.NOTEBOOKS:
         assert f'href="full_run/{name}.html"' in index and f'href="full_run/{name}.ipynb"' in index
     assert 'href="by_hand/02_train.html"' in index and "01_derivation (not run)" in index
-    assert (
-        "<td>decoder</td><td>&#x27;gaussian&#x27;</td>" in index and "<td>latent_dim</td><td>5</td>" in index
-    )
-    assert "<td>best test ELBO</td><td>-141.5</td>" in index and "<td>best epoch</td><td>2</td>" in index
+    assert "<td>decoder</td><td>gaussian</td>" in index and "<td>latent_dim</td><td>5</td>" in index
+    assert "<td>best test ELBO</td><td>-141.50</td>" in index and "<td>best epoch</td><td>2</td>" in index
     assert "2025-01-02 03:04" in index
 
 

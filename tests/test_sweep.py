@@ -19,7 +19,9 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import dask
 import nbformat
@@ -27,7 +29,17 @@ import pandas as pd
 import pytest
 
 import vae_utils
-from vae_utils import presets, sweep, training
+from vae_utils import (
+    figure2,
+    likelihoods,
+    presets,
+    results,
+    sweep,
+    sweep_engine,
+    sweep_plan,
+    sweep_table,
+    training,
+)
 from vae_utils.config import PAPER_STEP_SIZES, TRAIN_SIZES, TrainConfig
 from vae_utils.runfiles import run_state
 
@@ -220,7 +232,7 @@ def test_scheduler_sweep_trains_every_point(sched_sweep):
 def test_sweep_table_and_record(sched_sweep):
     folder = sched_sweep["folder"]
     table = pd.read_csv(folder / "sweep.csv")
-    assert list(table.columns) == ["point", "latent_dim", "algorithm", *sweep.RESULT_COLUMNS]
+    assert list(table.columns) == ["point", "latent_dim", "algorithm", *sweep_table.RESULT_COLUMNS]
     assert table["point"].tolist() == [
         "frey_face_gaussian_z2_h50_s0",
         "frey_face_gaussian_z2_h50_s0_ws",
@@ -244,9 +256,9 @@ def test_sweep_table_and_record(sched_sweep):
 
 
 def test_load_sweep_has_every_trainconfig_field(sched_sweep):
-    frame = sweep.load_sweep(sched_sweep["folder"])
+    frame = sweep_table.load_sweep(sched_sweep["folder"])
     assert frame.columns[:3].tolist() == ["point", "run_dir", "status"]
-    assert set(sweep.FIELDS) <= set(frame.columns)
+    assert set(sweep_plan.FIELDS) <= set(frame.columns)
     assert all(Path(d).is_absolute() and Path(d).is_dir() for d in frame["run_dir"])
     by_algorithm = frame.groupby("algorithm")["test_elbo"].count()
     assert by_algorithm.to_dict() == {"aevb": 2, "wake_sleep": 2}
@@ -263,7 +275,7 @@ def test_table_is_rebuilt_from_disk_so_simultaneous_finishes_are_never_lost(sche
     for p in finishing:  # back to "running"
         record = json.loads(saved[p])
         (folder / "points" / p / "point.json").write_text(json.dumps({**record, "status": "running"}))
-    sweep.write_sweep_table(folder)
+    sweep_table.write_sweep_table(folder)
     assert (pd.read_csv(folder / "sweep.csv")["status"] == "running").sum() == 2
     barrier = threading.Barrier(len(finishing))
 
@@ -271,7 +283,7 @@ def test_table_is_rebuilt_from_disk_so_simultaneous_finishes_are_never_lost(sche
         barrier.wait()
         (folder / "points" / point / "point.json").write_text(saved[point])
         for _ in range(5):
-            sweep.write_sweep_table(folder)
+            sweep_table.write_sweep_table(folder)
 
     threads = [threading.Thread(target=finish, args=(p,)) for p in finishing]
     for t in threads:
@@ -284,7 +296,7 @@ def test_table_is_rebuilt_from_disk_so_simultaneous_finishes_are_never_lost(sche
 
 
 def test_a_sweep_of_another_grid_fails_before_starting(sched_sweep, monkeypatch):
-    monkeypatch.setattr(sweep, "_connect", lambda *a: pytest.fail("a cluster was started"))
+    monkeypatch.setattr(sweep_engine, "_connect", lambda *a: pytest.fail("a cluster was started"))
     folder = sched_sweep["folder"]
     before = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
     argv = [a if a != str(N_TRAIN * EPOCHS) else str(N_TRAIN * 4) for a in sched_sweep["argv"]]
@@ -340,14 +352,16 @@ def test_resume_after_interrupt_finishes_only_the_missing_point(sched_sweep, tmp
 
 def test_local_cluster_workers_run_without_profiler_or_gil_monitor():
     """The workers only wait on kernels: their sampling profiler and monitors are off or slowed."""
-    client, cluster = sweep._connect(None, 1, 1, 1)
+    client, cluster = sweep_engine._connect(None, 1, 1, 1)
     try:
-        (settings,) = client.run(lambda: {key: dask.config.get(key) for key in sweep.QUIET_WORKERS}).values()
+        (settings,) = client.run(
+            lambda: {key: dask.config.get(key) for key in sweep_engine.QUIET_WORKERS}
+        ).values()
         (environ,) = client.run(lambda: dict(os.environ)).values()
     finally:
         client.close()
         cluster.close()
-    assert settings == sweep.QUIET_WORKERS
+    assert settings == sweep_engine.QUIET_WORKERS
     assert settings["distributed.worker.profile.enabled"] is False
     # the nanny gives its worker MALLOC_TRIM_THRESHOLD_, which run_point keeps from the kernels
     assert environ.get("MALLOC_TRIM_THRESHOLD_") == "65536" and environ.get("OMP_NUM_THREADS") == "1"
@@ -364,8 +378,8 @@ def test_run_point_kernels_get_the_threads_but_not_dasks_malloc_setting(tmp_path
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
     monkeypatch.setenv("OMP_NUM_THREADS", "7")
     monkeypatch.setenv("MKL_NUM_THREADS", "7")  # both restored after the test
-    monkeypatch.setattr(sweep, "run_notebook", fake_run_notebook)
-    result = sweep.run_point("p", TrainConfig(run_dir=str(tmp_path / "p")).to_dict(), threads=2)
+    monkeypatch.setattr(sweep_engine, "run_notebook", fake_run_notebook)
+    result = sweep_engine.run_point("p", TrainConfig(run_dir=str(tmp_path / "p")).to_dict(), threads=2)
     assert result["status"] == "done"
     assert seen["OMP_NUM_THREADS"] == seen["MKL_NUM_THREADS"] == "2"
     assert "MALLOC_TRIM_THRESHOLD_" not in seen
@@ -421,8 +435,8 @@ def test_local_cluster_sweep_with_a_failing_point(local_sweep):
 
 @pytest.fixture
 def no_cluster(monkeypatch):
-    monkeypatch.setattr(sweep, "_connect", lambda *a: pytest.fail("a cluster was started"))
-    monkeypatch.setattr(sweep, "run_point", lambda *a: pytest.fail("a point was run"))
+    monkeypatch.setattr(sweep_engine, "_connect", lambda *a: pytest.fail("a cluster was started"))
+    monkeypatch.setattr(sweep_engine, "run_point", lambda *a: pytest.fail("a point was run"))
 
 
 @pytest.mark.parametrize(
@@ -473,7 +487,7 @@ def test_ctrl_c_exits_130_with_the_summary_and_no_traceback(tmp_path, no_cluster
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sweep, "_execute", interrupted)
+    monkeypatch.setattr(sweep, "execute_points", interrupted)
     rc, out, err = run_main(["--name", "cc", "--grid", "latent_dim=2,3", "--sweeps-dir", str(tmp_path)])
     assert rc == 130
     assert "sweep cc: 0 of 2 points done (interrupted)" in out and "re-run the same command" in out
@@ -485,19 +499,19 @@ def test_ctrl_c_exits_130_with_the_summary_and_no_traceback(tmp_path, no_cluster
 
 
 def test_overwrite_deletes_the_sweeps_points_and_says_so(tmp_path, capsys):
-    plan = sweep.plan_sweep({"latent_dim": [2, 3]}, "ow", sweeps_dir=tmp_path)
+    plan = sweep_plan.plan_sweep({"latent_dim": [2, 3]}, "ow", sweeps_dir=tmp_path)
     (plan.folder / "points" / "old_point").mkdir(parents=True)
     (plan.folder / "sweep.csv").write_text("point\n")
-    with pytest.raises(sweep.SweepError, match="old_point: not a point of this grid(.|\n)*--overwrite"):
-        sweep.check_existing(plan)
+    with pytest.raises(sweep_plan.SweepError, match="old_point: not a point of this grid(.|\n)*--overwrite"):
+        sweep_plan.check_existing(plan)
     assert (plan.folder / "points" / "old_point").is_dir()  # refused: nothing deleted
-    sweep.check_existing(plan, overwrite=True)
+    sweep_plan.check_existing(plan, overwrite=True)
     assert "--overwrite: deleting 1 point folder(s) of sweep ow" in capsys.readouterr().out
     assert not (plan.folder / "points").exists() and not (plan.folder / "sweep.csv").exists()
 
 
 def test_figure2_configs_follow_the_paper():
-    configs = sweep.figure2_configs("cpu")
+    configs = presets.figure2_configs("cpu")
     assert len(configs) == 18
     mnist = [c for c in configs if c.dataset == "mnist"]
     frey = [c for c in configs if c.dataset == "frey_face"]
@@ -522,45 +536,48 @@ def test_figure2_configs_follow_the_paper():
             c.patience,
             c.eval_per_decade,
         ) == ("paper", "adagrad", list(PAPER_STEP_SIZES), 20_000, 100, 1, "analytic", None, 8)
-    names = sweep.point_names(configs)
+    names = sweep_plan.point_names(configs)
     assert names[:2] == ["mnist_bernoulli_z3_h500_s0", "mnist_bernoulli_z3_h500_s0_ws"]
     assert len(set(names)) == 18
-    assert {c.epochs for c in sweep.figure2_configs("paper") if c.dataset == "mnist"} == {1667}
+    assert {c.epochs for c in presets.figure2_configs("paper") if c.dataset == "mnist"} == {1667}
 
 
 def test_figure2_configs_tiny_budget_and_overrides():
-    configs = sweep.figure2_configs(3000, train_subset=300, test_subset=100, device="cpu")
+    configs = presets.figure2_configs(3000, train_subset=300, test_subset=100, device="cpu")
     assert {(c.epochs, c.train_subset, c.test_subset, c.device) for c in configs} == {(10, 300, 100, "cpu")}
     assert {c.pilot_samples for c in configs} == {300}  # min(20,000, budget / 10)
     assert {c.weight_decay for c in configs} == {1 / 300}
-    assert {c.epochs for c in sweep.figure2_configs("cpu", epochs=2)} == {2}
+    assert {c.epochs for c in presets.figure2_configs("cpu", epochs=2)} == {2}
 
 
 def test_budgets():
-    assert sweep.budget_epochs("cpu", "mnist") == 50 and sweep.budget_epochs("paper", "mnist") == 1667
-    assert sweep.budget_epochs("cpu", "frey_face") == 5666
-    assert sweep.budget_epochs(1000, "mnist", train_subset=300) == 4
-    assert sweep.budget_epochs("3e6", "fashion_mnist") == 50
-    assert sweep.parse_budget("1e6") == 1_000_000 and sweep.parse_budget("smoke") == "smoke"
+    assert presets.budget_epochs("cpu", "mnist") == 50 and presets.budget_epochs("paper", "mnist") == 1667
+    assert presets.budget_epochs("cpu", "frey_face") == 5666
+    assert presets.budget_epochs(1000, "mnist", train_subset=300) == 4
+    assert presets.budget_epochs("3e6", "fashion_mnist") == 50
+    assert sweep_plan.parse_budget("1e6") == 1_000_000 and sweep_plan.parse_budget("smoke") == "smoke"
 
 
 def test_values_are_read_as_the_fields_type():
-    assert sweep.parse_assignment("latent_dim=3,5,10", grid=True) == ("latent_dim", [3, 5, 10])
-    assert sweep.parse_assignment("lr=0.01,1e-3", grid=True) == ("lr", [0.01, 0.001])
-    assert sweep.parse_assignment("lr_candidates=0.01:0.02,0.1", grid=True) == (
+    assert sweep_plan.parse_assignment("latent_dim=3,5,10", grid=True) == ("latent_dim", [3, 5, 10])
+    assert sweep_plan.parse_assignment("lr=0.01,1e-3", grid=True) == ("lr", [0.01, 0.001])
+    assert sweep_plan.parse_assignment("lr_candidates=0.01:0.02,0.1", grid=True) == (
         "lr_candidates",
         [[0.01, 0.02], [0.1]],
     )
-    assert sweep.parse_assignment("patience=None", grid=False) == ("patience", None)
-    assert sweep.parse_assignment("sigmoid_mean=true", grid=False) == ("sigmoid_mean", True)
-    assert sweep.parse_assignment("train-subset=1e3", grid=False) == ("train_subset", 1000)
-    assert sweep.parse_assignment("latent_dim=2.5", grid=False) == ("latent_dim", 2.5)  # TrainConfig refuses
-    assert sweep.parse_assignment("dataset=mnist", grid=False) == ("dataset", "mnist")
-    assert sweep.parse_value("data_dir", "/data") == "/data"
+    assert sweep_plan.parse_assignment("patience=None", grid=False) == ("patience", None)
+    assert sweep_plan.parse_assignment("sigmoid_mean=true", grid=False) == ("sigmoid_mean", True)
+    assert sweep_plan.parse_assignment("train-subset=1e3", grid=False) == ("train_subset", 1000)
+    assert sweep_plan.parse_assignment("latent_dim=2.5", grid=False) == (
+        "latent_dim",
+        2.5,
+    )  # TrainConfig refuses
+    assert sweep_plan.parse_assignment("dataset=mnist", grid=False) == ("dataset", "mnist")
+    assert sweep_plan.parse_value("data_dir", "/data") == "/data"
 
 
 def test_point_names_say_every_other_axis():
-    plan = sweep.plan_sweep(
+    plan = sweep_plan.plan_sweep(
         {"lr": [0.01, 1e-3], "latent_dim": [3, 5], "lr_candidates": [None, [0.1, 0.2]]},
         "p",
         fixed={"epochs": 2},
@@ -572,7 +589,7 @@ def test_point_names_say_every_other_axis():
     assert len(plan.points) == 8 and plan.axes == ["latent_dim", "lr", "lr_candidates"]
     assert all(c.run_dir == str(plan.folder / "points" / p) for p, c in plan.points.items())
     # a list of configs is named apart by the fields in which configs of the same name differ
-    assert sweep.point_names([TrainConfig(kl="mc"), TrainConfig(), TrainConfig(seed=1)]) == [
+    assert sweep_plan.point_names([TrainConfig(kl="mc"), TrainConfig(), TrainConfig(seed=1)]) == [
         "mnist_bernoulli_z2_h500_s0_kl-mc",
         "mnist_bernoulli_z2_h500_s0_kl-analytic",
         "mnist_bernoulli_z2_h500_s1",
@@ -580,12 +597,15 @@ def test_point_names_say_every_other_axis():
 
 
 def test_longest_points_first_and_progress_numbers():
-    configs = sweep.figure2_configs("cpu")
-    costs = dict(zip(sweep.point_names(configs), map(sweep.point_cost, configs), strict=True))
+    configs = presets.figure2_configs("cpu")
+    costs = dict(zip(sweep_plan.point_names(configs), map(sweep_engine.point_cost, configs), strict=True))
     assert costs["mnist_bernoulli_z200_h500_s0"] > costs["mnist_bernoulli_z3_h500_s0"]
     # MNIST, N_z = 3, AEVB: 50 epochs of 600 steps and a pilot of 3 x 200 steps, each step
     # 100 x 3 x (784*500 + 500*6 + 3*500 + 500*784) multiply-adds
-    step = sweep.STEP_SECONDS + 100 * 3 * (784 * 500 * 2 + 500 * 9) / sweep.MULTIPLY_ADDS_PER_SECOND
+    step = (
+        sweep_engine.STEP_SECONDS
+        + 100 * 3 * (784 * 500 * 2 + 500 * 9) / sweep_engine.MULTIPLY_ADDS_PER_SECOND
+    )
     assert costs["mnist_bernoulli_z3_h500_s0"] == pytest.approx(30_600 * step)
     # wake-sleep runs one forward pass more of each network; the Gaussian decoder has 2 outputs per
     # pixel: a Frey Face curve (10^7 samples) costs more than an MNIST one (3 x 10^6), and is first
@@ -593,9 +613,9 @@ def test_longest_points_first_and_progress_numbers():
     assert min(costs[n] for n in costs if n.startswith("frey")) > costs["mnist_bernoulli_z20_h500_s0"]
     assert max(costs, key=costs.__getitem__) == "frey_face_gaussian_z20_h200_s0_ws"
     tiny = TrainConfig(epochs=1, train_subset=100)
-    assert sweep.point_cost(tiny) < sweep.point_cost(TrainConfig(epochs=2, train_subset=100))
-    assert sweep._count(1.2e6) == "1.2e6" and sweep._count(900) == "900"
-    assert sweep._duration(366) == "6.1 min" and sweep._duration(41) == "41 s"
+    assert sweep_engine.point_cost(tiny) < sweep_engine.point_cost(TrainConfig(epochs=2, train_subset=100))
+    assert sweep_engine.short_count(1.2e6) == "1.2e6" and sweep_engine.short_count(900) == "900"
+    assert sweep_engine.duration_text(366) == "6.1 min" and sweep_engine.duration_text(41) == "41 s"
 
 
 def test_dry_run_lists_the_figure2_grid(tmp_path, no_cluster):
@@ -610,14 +630,16 @@ def test_dry_run_lists_the_figure2_grid(tmp_path, no_cluster):
 
 
 def test_figure2_report_is_skipped_without_its_notebook(tmp_path, capsys):
-    assert sweep.write_figure2_report(tmp_path / "s", tmp_path / "reports", notebooks_dir=tmp_path) is None
+    assert sweep.write_report("figure2", tmp_path / "s", tmp_path / "reports", notebooks_dir=tmp_path) is None
     assert "report skipped" in capsys.readouterr().out and not (tmp_path / "reports").exists()
 
 
 def test_figure2_report_runs_the_notebook_and_exports_html(tmp_path, monkeypatch):
     sweep_dir = tmp_path / "sweeps" / "f2"
-    configs = sweep.figure2_configs(200, train_subset=100, test_subset=100)[:2]  # MNIST N_z = 3, AEVB and WS
-    names = sweep.point_names(configs)
+    configs = presets.figure2_configs(200, train_subset=100, test_subset=100)[
+        :2
+    ]  # MNIST N_z = 3, AEVB and WS
+    names = sweep_plan.point_names(configs)
     (sweep_dir / "points").mkdir(parents=True)
     points = {n: c.to_dict() for n, c in zip(names, configs, strict=True)}
     (sweep_dir / "sweep.json").write_text(
@@ -626,13 +648,14 @@ def test_figure2_report_runs_the_notebook_and_exports_html(tmp_path, monkeypatch
     for name, elbo in zip(names, (-120.0, -150.0), strict=True):
         (sweep_dir / "points" / name).mkdir()
         (sweep_dir / "points" / name / "point.json").write_text(json.dumps({"status": "done"}))
-        history = pd.DataFrame(
-            [{"epoch": 2, "samples": 200, "seconds": 1.0, "train_elbo": elbo, "test_elbo": elbo}]
-        )
+        row = {"epoch": 2, "samples": 200, "seconds": 1.0, "train_elbo": elbo, "test_elbo": elbo}
+        history = pd.DataFrame([{**row, "train_kl": 3.0, "test_kl": 3.0}])
         history.to_csv(sweep_dir / "points" / name / "history.csv", index=False)
     nb = nbformat.v4.new_notebook(
         cells=[
-            nbformat.v4.new_code_cell('sweep_dir = "sweeps/figure2_cpu"', metadata={"tags": ["parameters"]})
+            nbformat.v4.new_code_cell(
+                'sweep_dir = "sweeps/figure2_cpu"\nresults_path = None', metadata={"tags": ["parameters"]}
+            )
         ],
         metadata={"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}},
     )
@@ -643,43 +666,53 @@ def test_figure2_report_runs_the_notebook_and_exports_html(tmp_path, monkeypatch
         calls.append((notebook, parameters, output, kwargs["cwd"]))
         output.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, output)
+        table = figure2.figure2_table(figure2.figure2_histories(sweep_table.load_sweep(sweep_dir)))
+        results.write_results(parameters["results_path"], notebook, figure2.figure2_results(table))
         return output
 
     monkeypatch.setattr(sweep, "run_notebook", fake_run_notebook)
-    out = sweep.write_figure2_report(sweep_dir, tmp_path / "reports" / "figure2", notebooks_dir=tmp_path)
+    out = sweep.write_report("figure2", sweep_dir, tmp_path / "reports" / "figure2", notebooks_dir=tmp_path)
     assert out == tmp_path / "reports" / "figure2" / "06_figure2.ipynb"
-    assert calls == [("06_figure2", {"sweep_dir": str(sweep_dir)}, out, tmp_path)]
+    wanted = {"sweep_dir": str(sweep_dir), "results_path": str(out.parent / "results.json")}
+    assert calls == [("06_figure2", wanted, out, tmp_path)]
     assert out.with_suffix(".html").is_file()
     report = json.loads((out.parent / "report.json").read_text())
     assert report["pages"] == ["06_figure2.html"] and report["command"] == "python -m vae_utils.sweep"
-    assert report["headline"]["mnist: best final test ELBO, AEVB / wake-sleep"] == "-120.0 / -150.0"
+    assert report["headline"] == {
+        "points done": "2 of 2",
+        "budget": 200,
+        "MNIST: best final test ELBO, AEVB": "-120.00",
+        "MNIST: best final test ELBO, wake-sleep": "-150.00",
+    }
     assert "Figure 2" in (tmp_path / "reports" / "index.html").read_text()
 
 
 def test_finished_points_names_the_parameter_and_what_is_missing(tmp_path):
     with pytest.raises(ValueError, match=r"run_dirs = \[\] is invalid: allowed None or a non-empty list"):
-        sweep.finished_points("sweeps/x", [])
+        sweep_table.finished_points("sweeps/x", [])
     with pytest.raises(ValueError, match="sweep_dir = 3 is invalid: allowed a sweep folder"):
-        sweep.finished_points(3)
+        sweep_table.finished_points(3)
     with pytest.raises(FileNotFoundError, match="sweep.json"):
-        sweep.finished_points(str(tmp_path))
+        sweep_table.finished_points(str(tmp_path))
     run = tmp_path / "never_trained"
     run.mkdir()
     (run / "config.json").write_text(json.dumps(TrainConfig(epochs=2).to_dict()))
     with pytest.raises(ValueError, match="no finished run in .*never_trained.*: nothing to analyse"):
-        sweep.finished_points(None, [str(run)])
+        sweep_table.finished_points(None, [str(run)])
 
 
 def test_kernel_import_problem_names_what_a_points_kernel_would_hit(tmp_path):
-    assert sweep.kernel_import_problem() is None  # this Python, from outside the project: this package
+    assert sweep_engine.kernel_import_problem() is None  # this Python, from outside the project: this package
     missing = tmp_path / "python-without-vae_utils"
     missing.write_text("#!/bin/sh\necho \"ModuleNotFoundError: No module named 'vae_utils'\" >&2\nexit 1\n")
     missing.chmod(0o755)
-    assert sweep.kernel_import_problem(str(missing)) == "ModuleNotFoundError: No module named 'vae_utils'"
+    assert (
+        sweep_engine.kernel_import_problem(str(missing)) == "ModuleNotFoundError: No module named 'vae_utils'"
+    )
     elsewhere = tmp_path / "python-with-another-copy"
     elsewhere.write_text("#!/bin/sh\necho /old/clone/vae_utils/__init__.py\n")
     elsewhere.chmod(0o755)
-    problem = sweep.kernel_import_problem(str(elsewhere))
+    problem = sweep_engine.kernel_import_problem(str(elsewhere))
     assert (
         problem
         == f"it imports vae_utils from /old/clone/vae_utils, not {Path(vae_utils.__file__).resolve().parent}"
@@ -690,7 +723,7 @@ def test_likelihoods_report_headline_is_notebook_07s_estimates(tmp_path, monkeyp
     sweep_dir = tmp_path / "sweeps" / "lik"
     every = presets.likelihood_configs(8, train_subset=100, test_subset=100)
     configs = [every[0], every[3], every[4]]  # dynamic binarisation, continuous Bernoulli, Gaussian
-    names = sweep.point_names(configs)
+    names = sweep_plan.point_names(configs)
     (sweep_dir / "points").mkdir(parents=True)
     command = "python -m vae_utils.sweep --preset likelihoods --budget cpu --overwrite"
     points = {n: c.to_dict() for n, c in zip(names, configs, strict=True)}
@@ -704,38 +737,85 @@ def test_likelihoods_report_headline_is_notebook_07s_estimates(tmp_path, monkeyp
             [{"epoch": 8, "samples": 800, "seconds": 1.0, "train_elbo": -99.0, "test_elbo": -98.0}]
         )
         history.to_csv(folder / "history.csv", index=False)
-    tables = [  # what 07 prints: the binarised runs' NLL, the grey decoders' log p(x) (no Gaussian here)
-        pd.DataFrame(
-            {"regime": ["dynamically binarised"], "NLL": [92.83]}, index=["VAE, dynamic binarisation"]
-        ),
-        pd.DataFrame({"log p(x), k=5000": [3541.55]}, index=["continuous Bernoulli"]),
-    ]
-    outputs = [
-        nbformat.v4.new_output("execute_result", {"text/html": t.rename_axis("run").to_html()})
-        for t in tables
-    ]
+    runs = {likelihoods.likelihood_label(c): SimpleNamespace(config=c) for c in configs}
+    table = pd.DataFrame(  # what 07's likelihood_table gives (its other columns left out)
+        {
+            "test images": [10000] * 3,
+            "NLL": [92.83, -3541.55, -1188.0],
+            "log p(x), k=5000": [-92.83, 3541.55, 1188.0],
+        },
+        index=list(runs),
+    )
     nb = nbformat.v4.new_notebook(
         cells=[
-            nbformat.v4.new_code_cell('sweep_dir = "x"', metadata={"tags": ["parameters"]}),
-            nbformat.v4.new_code_cell("t", outputs=outputs),
+            nbformat.v4.new_code_cell(
+                'sweep_dir = "x"\nresults_path = None', metadata={"tags": ["parameters"]}
+            )
         ],
         metadata={"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}},
     )
     nbformat.write(nb, tmp_path / "07_likelihoods.ipynb")
 
-    def fake_run_notebook(notebook, parameters, output, **kwargs):
+    def fake_run_notebook(notebook, parameters, output, **kwargs):  # as 07's last cell
         output.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, output)
+        results.write_results(
+            parameters["results_path"], notebook, likelihoods.likelihood_results([table], runs, 5000)
+        )
         return output
 
     monkeypatch.setattr(sweep, "run_notebook", fake_run_notebook)
+    (tmp_path / "reports" / "likelihoods").mkdir(parents=True)
+    (tmp_path / "reports" / "likelihoods" / "results.json").write_text("stale")  # an earlier run's: removed
     out = sweep.write_report("likelihoods", sweep_dir, tmp_path / "reports" / "likelihoods", tmp_path)
     report = json.loads((out.parent / "report.json").read_text())
     assert report["command"] == "python -m vae_utils.sweep --preset likelihoods --budget cpu"
     assert report["headline"] == {
         "points done": "3 of 3",
         "budget": "cpu",
-        "test NLL, k=5000: VAE, dynamic binarisation (Burda et al.: 86.76)": "92.83",
-        "test log p(x), k=5000: continuous Bernoulli": "3541.55",
-        "final test ELBO: Gaussian": "-98.00",  # no estimate in the notebook: the run's own number
+        "test NLL, k=5000: VAE, dynamic binarisation": "92.83 (10,000 images; Burda et al.: 86.76)",
+        "test log p(x), k=5000: continuous Bernoulli": "3541.55 (10,000 images)",
+        "test log p(x), k=5000: Gaussian": "1188.00 (10,000 images)",
     }
+
+
+def test_an_unreachable_scheduler_is_a_one_line_error_naming_the_address(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep_engine, "CONNECT_SECONDS", 2)  # 10 s by default
+    started = time.monotonic()
+    argv = ["--name", "far", "--grid", "latent_dim=2", "--sweeps-dir", str(tmp_path)]
+    rc, out, err = run_main([*argv, "--scheduler", "tcp://127.0.0.1:1"])
+    assert rc == 1 and time.monotonic() - started < 30
+    (line,) = err.strip().splitlines()
+    assert line.startswith(
+        "error: scheduler = 'tcp://127.0.0.1:1': no Dask scheduler answered there within 2 s"
+    )
+    assert "leave --scheduler out to start a LocalCluster" in line and "Traceback" not in out + err
+    assert "re-run the same command" in out  # the sweep's record says it did not finish
+
+
+def test_list_values_are_separated_by_a_colon_in_both_command_lines(capsys):
+    from vae_utils import study
+
+    assert sweep_plan.parse_assignment("lr_candidates=0.01:0.1", grid=False) == ("lr_candidates", [0.01, 0.1])
+    overrides, _ = study.parse_args(["--lr-candidates", "0.01:0.1"])
+    assert overrides["lr_candidates"] == [0.01, 0.1] and capsys.readouterr().err == ""
+    overrides, _ = study.parse_args(["--lr-candidates", "0.01,0.1"])  # the study's earlier separator
+    assert overrides["lr_candidates"] == [0.01, 0.1]
+    assert "list values are separated by ':' in both command lines" in capsys.readouterr().err
+
+
+def test_a_malformed_scheduler_address_says_what_is_allowed(tmp_path):
+    argv = [
+        "--name",
+        "bad",
+        "--grid",
+        "latent_dim=2",
+        "--sweeps-dir",
+        str(tmp_path),
+        "--scheduler",
+        "foo:bar",
+    ]
+    rc, _, err = run_main(argv)
+    assert rc == 1 and "Traceback" not in err
+    assert err.strip().startswith("error: scheduler = 'foo:bar' is invalid (")
+    assert err.strip().endswith("allowed a Dask scheduler address, tcp://HOST:PORT (default port 8786)")

@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import IMAGES, SCALA
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
 import vae_utils.training as T
-from vae_utils import sweep
+from vae_utils import sweep_engine, sweep_plan
 from vae_utils.data import load_dataset
 from vae_utils.runfiles import RUN_FILES, TB_DIR
 from vae_utils.tensorboard_log import (
@@ -249,8 +249,8 @@ def test_sweep_prints_a_dashboard_link_that_serves_and_the_tensorboard_command(t
     from distributed import Client, LocalCluster
 
     grid = {"latent_dim": [2, 3]}
-    plan = sweep.plan_sweep(grid, "tiny", sweeps_dir=tmp_path)
-    quiet = sweep.plan_sweep(grid, "quiet", fixed={"tensorboard": False}, sweeps_dir=tmp_path)
+    plan = sweep_plan.plan_sweep(grid, "tiny", sweeps_dir=tmp_path)
+    quiet = sweep_plan.plan_sweep(grid, "quiet", fixed={"tensorboard": False}, sweeps_dir=tmp_path)
     for dashboard in (True, False):
         with (
             LocalCluster(
@@ -262,14 +262,14 @@ def test_sweep_prints_a_dashboard_link_that_serves_and_the_tensorboard_command(t
             ) as cluster,
             Client(cluster) as client,
         ):
-            link, answers = sweep.dashboard_link(client)
+            link, answers = sweep_engine.dashboard_link(client)
             if dashboard:
                 assert answers and link is not None and link.endswith("/status"), link
                 with urllib.request.urlopen(link, timeout=30) as response:
                     assert response.status == 200
-                assert sweep.live_links(client, quiet) == [f"dashboard: {link}"]
+                assert sweep_engine.live_links(client, quiet) == [f"dashboard: {link}"]
             else:
                 assert (link, answers) == (None, False)
-            lines = sweep.live_links(client, plan)
+            lines = sweep_engine.live_links(client, plan)
         tensorboard = f"live curves: tensorboard --logdir {tmp_path / 'tiny'}"
         assert lines == ([f"dashboard: {link}"] if dashboard else []) + [tensorboard]

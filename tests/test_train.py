@@ -404,6 +404,22 @@ def test_run_files_are_written_atomically(finished_run, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["file.txt", "x.pt"]
 
 
+
+def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path):
+    """mkstemp makes its file 0600; a run file must be readable as any file the process writes
+    (umask 022: 0644), or a sweep on a shared folder hides its points from other users."""
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        (tmp_path / "b.txt").write_text("x")
+        os.umask(0o077)
+        atomic_write_text(tmp_path / "c.txt", "x")
+    finally:
+        os.umask(old)
+    modes = [(tmp_path / n).stat().st_mode & 0o777 for n in ("a.txt", "b.txt", "c.txt")]
+    assert modes == [0o644, 0o644, 0o600]
+
+
 def test_config_json_round_trips(finished_run):
     """config.json holds every TrainConfig field, and TrainConfig.from_dict of it equals the
     run's config."""

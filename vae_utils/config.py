@@ -9,10 +9,12 @@ without a better test ELBO.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import numbers
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -26,7 +28,8 @@ DATASETS = ("mnist", "fashion_mnist", "frey_face")
 DECODERS = ("bernoulli", "gaussian", "continuous_bernoulli")
 ALGORITHMS = ("aevb", "wake_sleep")
 LR_SCHEDULES = ("constant", "burda")
-ACTIVATIONS = ("tanh", "relu")
+#: The hidden units' nonlinearity: its name here -> its class in ``torch.nn``.
+ACTIVATIONS = {"tanh": "Tanh", "relu": "ReLU"}
 OPTIMIZERS = ("adagrad", "adam")
 KL_ESTIMATORS = ("analytic", "mc")
 BINARIZATIONS = ("none", "dynamic", "static")
@@ -46,10 +49,98 @@ BURDA_STAGES = 8
 BURDA_EPOCHS = sum(3**i for i in range(BURDA_STAGES))  # 3,280
 
 
+#: The project's folders: notebooks, committed reports, sweeps (relative paths resolve against
+#: PROJECT_ROOT, see :func:`resolve_path`).
+NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+REPORTS_DIR = PROJECT_ROOT / "reports"
+SWEEPS_DIR = PROJECT_ROOT / "sweeps"
+#: The study's notebooks, in order (``python -m vae_utils.study`` runs them into reports/<name>/).
+STUDY_NOTEBOOKS = ("01_derivation", "02_train", "03_loss_curves", "04_reconstruction", "05_latent_manifold")
+
+
+@dataclass(frozen=True)
+class Regime:
+    """A data regime: what a run's nats are nats *of*. Log-likelihoods compare only within one
+    (NOTES, "Likelihoods")."""
+
+    label: str  # a few words for tables: what the nats are nats of
+    run_label: str  # a run's short name in notebook 07
+    note: str  # which published numbers the run's log-likelihood may be set beside
+    density: bool  # a log *density* of grey levels (it can be positive), not a probability
+
+
+#: Every data regime by its code (:attr:`TrainConfig.regime`). Code filters on these codes, never
+#: on the words.
+REGIMES = {
+    "binary_dynamic": Regime(
+        "dynamically binarised",
+        "VAE, dynamic binarisation",
+        "Bernoulli decoder on dynamically binarised images: Burda et al.'s regime "
+        "(their VAE with 50 latents and two hidden layers: log p(x) = -86.76 nats).",
+        density=False,
+    ),
+    "binary_static": Regime(
+        "statically binarised",
+        "VAE, static binarisation",
+        "Bernoulli decoder on one fixed binarisation: models score about 2 nats worse "
+        "here than with dynamic binarisation, and overfit more (Burda et al.).",
+        density=False,
+    ),
+    "grey_bernoulli": Regime(
+        "grey levels as Bernoulli probabilities (not a likelihood)",
+        "Bernoulli on grey levels",
+        "Bernoulli decoder on grey levels (binarize='none'), the paper's own regime "
+        "(Figure 2): a cross-entropy against grey pixels, not the log-probability of "
+        "binary images, so not comparable with Burda et al.'s binarised numbers.",
+        density=False,
+    ),
+    "grey_continuous_bernoulli": Regime(
+        "grey levels, continuous Bernoulli density",
+        "continuous Bernoulli",
+        "Continuous Bernoulli decoder: a normalised log *density* of grey pixel values on "
+        "[0, 1], comparable with the Gaussian decoder's density on the same data, not with "
+        "any Bernoulli (discrete) log-likelihood.",
+        density=True,
+    ),
+    "grey_gaussian": Regime(
+        "grey levels, Gaussian density",
+        "Gaussian",
+        "Gaussian decoder: a log *density* of continuous pixel values; it can be positive "
+        "and is not comparable with any Bernoulli (discrete) log-likelihood.",
+        density=True,
+    ),
+}
+
+
 def resolve_path(path: str | Path) -> Path:
     """An absolute path as is; a relative one against :data:`PROJECT_ROOT`."""
     path = Path(path).expanduser()
     return Path(os.path.normpath(path if path.is_absolute() else PROJECT_ROOT / path))
+
+
+def display_path(path: str | Path) -> str:
+    """``path`` relative to :data:`PROJECT_ROOT` when it lies inside it (no machine's absolute paths
+    in printed lines or committed files), else as it is: the inverse of :func:`resolve_path`."""
+    path = Path(os.path.normpath(Path(path).absolute()))
+    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
+
+
+#: How both command lines (the study's and the sweep's) separate the values of a list field.
+LIST_SEPARATOR = ":"
+
+
+def parse_float_list(field: str, text: str) -> list[float]:
+    """A list field's value on a command line, e.g. ``lr_candidates`` = ``0.01:0.02:0.1``. The study's
+    earlier ``,`` is still read, with a note on stderr (in a sweep's ``--grid`` a ``,`` separates
+    grid values instead). A value that is not a number raises ``ValueError``."""
+    if "," in text:
+        print(
+            f"note: {field} = {text!r}: list values are separated by {LIST_SEPARATOR!r} in both command "
+            f"lines; read as {text.replace(',', LIST_SEPARATOR)!r}",
+            file=sys.stderr,
+        )
+        text = text.replace(",", LIST_SEPARATOR)
+    return [float(v) for v in text.split(LIST_SEPARATOR)]
 
 
 # The checks below are shared by TrainConfig and by the notebooks' validation cells, so that every
@@ -61,7 +152,7 @@ def fail(field: str, value: object, allowed: str) -> NoReturn:
     raise ValueError(f"{field} = {value!r} is invalid: allowed {allowed}")
 
 
-def check_choice(field: str, value: object, choices: Sequence[str]) -> None:
+def check_choice(field: str, value: object, choices: Collection[str]) -> None:
     if not isinstance(value, str) or value not in choices:
         fail(field, value, "one of " + ", ".join(repr(c) for c in choices))
 
@@ -310,6 +401,17 @@ class TrainConfig:
         )
 
     @property
+    def regime(self) -> str:
+        """The data regime's code, a key of :data:`REGIMES`: a density decoder's (its data are grey
+        levels: binarisation is for the Bernoulli decoder), or how a Bernoulli decoder's data were
+        binarised."""
+        if self.decoder != "bernoulli":
+            return f"grey_{self.decoder}"
+        return {"none": "grey_bernoulli", "dynamic": "binary_dynamic", "static": "binary_static"}[
+            self.binarize
+        ]
+
+    @property
     def path(self) -> Path:
         """The run directory as an absolute path."""
         return resolve_path(self.run_dir if self.run_dir is not None else f"runs/{self.name}")
@@ -336,6 +438,16 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown TrainConfig field(s) {unknown}: allowed {sorted(known)}")
         return cls(**values)
+
+
+#: TrainConfig's fields, in order: the parameters of 02_train and of every sweep point.
+FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def varying_fields(configs: Sequence[TrainConfig], ignore: Sequence[str] = ("run_dir",)) -> list[str]:
+    """The fields (in :data:`FIELDS` order) whose values differ among ``configs``, except ``ignore``."""
+    dicts = [c.to_dict() for c in configs]
+    return [f for f in FIELDS if f not in ignore and len({json.dumps(d[f]) for d in dicts}) > 1]
 
 
 def paper_weight_decay(dataset: str, train_subset: int | None = None) -> float:

@@ -1,13 +1,6 @@
 """Datasets in memory: float tensors in [0, 1] of shape (N, D), batched by slicing a shuffled index.
-
-MNIST and Fashion-MNIST are read by torchvision's own ``MNIST`` and ``FashionMNIST`` classes, Frey
-Face by ``scipy.io.loadmat``. Every file is checked against its MD5 before it is used.
-
-Where the files are looked for, in order: the ``data_dir`` argument, the ``VAE_DATA_DIR``
-environment variable, then ``<repo>/data``; a relative path is taken from the project root. The
-layout is torchvision's (``MNIST/raw/...``, ``FashionMNIST/raw/...``) plus
-``FreyFace/frey_rawface.mat``. Nothing is written to that folder unless a download is needed, so
-a read-only copy works.
+MNIST and Fashion-MNIST through torchvision, Frey Face through ``scipy.io.loadmat``, every file
+checked against its MD5; docs/data.md says where the files are looked for (``VAE_DATA_DIR``).
 """
 
 from __future__ import annotations

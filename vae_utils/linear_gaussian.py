@@ -1,30 +1,9 @@
-"""A latent-variable model whose marginal likelihood and posterior are exact: the linear Gaussian.
-
-    p(z) = N(0, I),    p(x|z) = N(W z + b, s^2 I)                 (z: K numbers, x: D numbers)
-    p(x) = N(b, W W^T + s^2 I)
-    p(z|x) = N(m, S),  S = (I + W^T W / s^2)^-1,  m = S W^T (x - b) / s^2
-
-It is the paper's model with a linear decoder (probabilistic PCA). Because log p(x) and p(z|x) are
-known exactly, every claim of the paper's section 2 can be checked against exact numbers, which is
-what notebook 01 does with the functions below:
-
-* eq. 1, log p(x) = KL(q || p(z|x)) + L(q): :meth:`LinearGaussian.log_marginal`,
-  :meth:`LinearGaussian.elbo` (eq. 3 in closed form), :meth:`LinearGaussian.kl_to_posterior`,
-  :meth:`LinearGaussian.mean_field_posterior` (the best diagonal q), :func:`log_weights`;
-* estimators A (eq. 6) and B (eq. 7): :func:`monte_carlo_elbo`, which runs ``vae_utils.loss.elbo``
-  itself on this model (the model has the decoder interface of ``vae_utils.model``), and
-  :func:`estimator_spread`;
-* the reparameterisation z = mu + sigma * eps against the typo sigma^2 * eps (section 2.4):
-  :func:`reparameterize_typo`, :func:`typo_elbo`;
-* the closed-form KL of App. B against its Monte-Carlo estimate: :func:`monte_carlo_kl`;
-* reparameterised against score-function gradients (sections 2.2-2.4): :func:`elbo_gradients`,
-  :func:`gradient_variances`.
-
-:func:`rounded` rounds tables to a few significant digits, so that nbval sees stable text.
-
-Gaussian q's are ``torch.distributions.MultivariateNormal``; a diagonal one, the VAE's q(z|x), is
-built from (mu, log sigma^2) by :func:`diagonal_gaussian`. Work in float64: the identities are
-then checked to ~1e-12.
+"""A latent-variable model whose marginal likelihood and posterior are exact: the linear Gaussian
+(probabilistic PCA), p(z) = N(0, I), p(x|z) = N(W z + b, s^2 I), so p(x) = N(b, W W^T + s^2 I) and
+p(z|x) = N(m, S) with S = (I + W^T W / s^2)^-1, m = S W^T (x - b) / s^2. Notebook 01 checks the
+paper's section 2 against it: eq. 1 and 3, estimators A and B (eq. 6, 7) run by ``loss.elbo``
+itself, the reparameterisation and its sigma^2 typo, App. B's KL, reparameterised against
+score-function gradients. Work in float64: the identities then hold to ~1e-12.
 """
 
 from __future__ import annotations

@@ -38,6 +38,13 @@ class LatentVariableModel(Protocol):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
+def bernoulli_pixel_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """x l - softplus(l) for each pixel, from logits l, in plain differentiable ops: the expression
+    of :class:`_BernoulliLogLikelihood` (which explains it), and what the compiled training step
+    traces (torch.func cannot trace an autograd.Function)."""
+    return x * logits - logits.clamp(min=0) + torch.sigmoid(logits.abs()).log()
+
+
 class _BernoulliLogLikelihood(torch.autograd.Function):
     """sum_i [x_i l_i - softplus(l_i)] over the last dimension, from logits l.
 
@@ -51,7 +58,7 @@ class _BernoulliLogLikelihood(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(logits, x)
-        return (x * logits - logits.clamp(min=0) + torch.sigmoid(logits.abs()).log()).sum(-1)
+        return bernoulli_pixel_log_likelihood(logits, x).sum(-1)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> _Grads:

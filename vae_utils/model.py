@@ -12,9 +12,7 @@ import torch
 from torch import nn
 
 from vae_utils import loss
-from vae_utils.config import TrainConfig
-
-ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+from vae_utils.config import ACTIVATIONS, TrainConfig
 
 
 class MLP(nn.Sequential):
@@ -31,7 +29,7 @@ def mlp(n_in: int, n_hidden: int, n_out: int, activation: str, layers: int = 1) 
     of the paper's App. C; Burda et al.'s VAE has two."""
     modules: list[nn.Module] = []
     for i in range(layers):
-        modules += [nn.Linear(n_in if i == 0 else n_hidden, n_hidden), ACTIVATIONS[activation]()]
+        modules += [nn.Linear(n_in if i == 0 else n_hidden, n_hidden), getattr(nn, ACTIVATIONS[activation])()]
     return MLP(*modules, nn.Linear(n_hidden, n_out))
 
 

@@ -42,7 +42,7 @@ FIGURE2_MODELS: dict[str, dict[str, Any]] = {
 FIGURE2_PILOT_SAMPLES = 20_000
 
 #: Epochs of Burda et al.'s schedule per budget: ``paper`` is theirs (3,280); ``cpu`` keeps the eight
-#: stages shrunk to 1/20, what fits in about two hours on a 2-core CPU; ``smoke`` is a quick check.
+#: stages shrunk to 1/40, what fits in about an hour on a 2-core CPU; ``smoke`` is a quick check.
 LIKELIHOOD_EPOCHS = {"paper": BURDA_EPOCHS, "cpu": BURDA_EPOCHS // 40, "smoke": 8}
 #: Burda et al.'s one-stochastic-layer VAE and its optimisation (their section 5 and Table 1).
 BURDA_MODEL: dict[str, Any] = {

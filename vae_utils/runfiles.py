@@ -1,22 +1,7 @@
-"""Run directories: what a training run leaves on disk, written atomically, and how to read it back.
-
-A run directory holds::
-
-    config.json    the TrainConfig
-    history.csv    one row per evaluation (see HISTORY_COLUMNS)
-    last.pt        model, optimizer, RNG state, epoch, history: enough to resume exactly
-    best.pt        the same, saved at the evaluation with the best test ELBO so far
-    lr_pilot.csv   the step-size pilot, when the config asks for one (``lr_candidates``)
-    tb/            TensorBoard event files of the evaluations, to watch the run live (unless the
-                   config says ``tensorboard=False``; :mod:`vae_utils.tensorboard_log`)
-    .lock          while a process trains there: its lock (:func:`lock_run_dir`), naming it
-
-Every file is written atomically (a temporary file in the same folder, then a rename), so an
-interrupted run leaves the previous good version of each file in place; ``tb/``'s event files are
-appended to and flushed at each evaluation instead (:mod:`vae_utils.tensorboard_log`). An existing
-run is never overwritten silently: :func:`prepare_run_dir` refuses unless asked to resume or to
-overwrite.
-One process writes a run directory at a time: :func:`lock_run_dir` refuses a second one.
+"""Run directories: what a training run leaves on disk (config.json, history.csv, last.pt, best.pt,
+lr_pilot.csv, tb/), each file written atomically; reading a run back; and one writer at a time
+(:func:`lock_run_dir`). An existing run is never overwritten silently (:func:`prepare_run_dir`).
+docs/package.md lists the files.
 """
 
 from __future__ import annotations
@@ -77,17 +62,43 @@ class Run:
         return self.history.set_index("epoch").loc[self.best_epoch]
 
 
+def timestamp() -> str:
+    """Now, in local time with its UTC offset, to the second: how every record here dates itself."""
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     _atomic(path, lambda f: f.write(text.encode()))
+
+
+def read_json(path: Path) -> dict:
+    """The JSON record at ``path``; {} when it is missing or unreadable (a record being replaced)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_json(path: Path, record: dict) -> None:
+    """Write ``record`` to ``path`` atomically, indented, creating the folder."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(path), json.dumps(record, indent=2) + "\n")
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     _atomic(path, lambda f: torch.save(obj, f))
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide a run from the other users of a share
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -209,7 +220,7 @@ def lock_run_dir(run_dir: str | Path) -> RunLock:
     holder = {
         "host": socket.gethostname(),
         "pid": os.getpid(),
-        "started": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "started": timestamp(),
     }
     lock = RunLock(path, holder, previous, fd)
     try:

@@ -1,25 +1,7 @@
-"""Live training curves: each evaluation of a run written as TensorBoard events in ``<run_dir>/tb``.
-
-:func:`vae_utils.training.train` writes, at every evaluation (every history row), the scalars of
-:data:`SCALAR_TAGS` (the row's ELBOs, their terms and, when computed, the test log p(x)) and the
-step size (:data:`LR_TAG`), with the training samples seen (the history's ``samples``, Figure 2's
-x-axis) as the step; and at log-spaced evaluations (:data:`IMAGES_PER_DECADE`, and the last one)
-two small image grids (:func:`image_grids`): a few fixed test images above their reconstructions,
-and decoder means of fixed prior draws. ``history.csv`` stays the record; the events hold the same
-numbers (as float32) for ``tensorboard --logdir``, where a sweep's points show as
-``points/<point>/tb`` (docs/live.md).
-
-Crashes and resumes. The events are appended to one file per process and flushed at each
-evaluation, before the checkpoint is saved, so a crash loses at most the evaluation it was
-writing. Each process's file starts with ``purge_step`` = the samples of the last evaluation in
-the checkpoint it resumes from + 1 (1 for a fresh run): TensorBoard's Python readers drop the
-earlier files' events from that step on (those an interrupted process wrote after its last
-checkpoint), and the resumed run writes those steps again with the same values, so no step
-appears twice. TensorBoard's default (Rust) data server ignores purge steps but drops, in each
-time series, the points at or after a step that is written again: the same result here. The new
-file is named after a later second than the earlier ones (readers take a run's files in name
-order; see :func:`_wait_past`).
-
+"""Live training curves: each evaluation of a run as TensorBoard events in ``<run_dir>/tb`` (the
+history's scalars against training samples seen, the step size, and image grids at log-spaced
+evaluations). ``history.csv`` stays the record. Events are flushed at each evaluation; a resumed
+run starts its file with a purge step so that no step shows twice (docs/live.md says how).
 ``tensorboard`` is imported when the first event is written, so ``import vae_utils`` stays fast.
 """
 

@@ -9,14 +9,14 @@ schedule (:func:`scheduled_lr`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from collections.abc import Callable
-from typing import Any
 
 import pandas as pd
 import torch
 
+from vae_utils.compiled_step import compiled_train_step
 from vae_utils.config import BURDA_EPOCHS, BURDA_STAGES, TrainConfig
 from vae_utils.data import Data, batches, load_config_data
 from vae_utils.loss import (
@@ -26,7 +26,6 @@ from vae_utils.loss import (
     importance_weighted_log_likelihood,
     kl_standard_normal,
     reparameterize,
-    standard_normal_log_density,
 )
 from vae_utils.model import VAE
 from vae_utils.progress import interactive, progress_bar
@@ -189,137 +188,6 @@ def train_step(
     loss.backward()
     optimizer.step()
     return minibatch_elbo, loss.detach()
-
-
-# ----------------------------------------------------------------------------- the compiled step
-# For small minibatches (Burda et al.'s M = 20) an eager step costs several times its matrix
-# multiplies in Python, autograd and ~60 ATen calls. One graph for forward, backward and the Adam
-# update (torch.func.grad_and_value traced by torch.compile, inductor's C++ kernels and wrapper)
-# leaves 17 matrix multiplies and ~13 fused loops, each weight's Adam update fused into the loop
-# that reads its gradient: 1.6-1.8x faster epochs on a CPU (benchmarks/bench_small_batch.py).
-
-
-def _mlp_apply(params: list[torch.Tensor], h: torch.Tensor, activation: str) -> torch.Tensor:
-    """:func:`vae_utils.model.mlp` evaluated from its parameters [W0, b0, W1, b1, ...]."""
-    n = len(params) // 2
-    for i in range(n):
-        h = torch.nn.functional.linear(h, params[2 * i], params[2 * i + 1])
-        if i < n - 1:
-            h = torch.tanh(h) if activation == "tanh" else torch.relu(h)
-    return h
-
-
-def _functional_neg_elbo(
-    params: list[torch.Tensor], n_enc: int, x: torch.Tensor, eps: torch.Tensor, activation: str, kl: str
-) -> torch.Tensor:
-    """-ELBO per datapoint of the Bernoulli VAE from its parameters (the encoder's, then the
-    decoder's) and the noise eps (L, B, N_z): :func:`elbo`'s arithmetic in plain ops, because
-    torch.func cannot trace loss.py's autograd.Functions (inductor fuses them into one loop)."""
-    mu, logvar = _mlp_apply(params[:n_enc], x, activation).chunk(2, dim=-1)
-    z = mu + torch.exp(0.5 * logvar) * eps
-    logits = _mlp_apply(params[n_enc:], z, activation)
-    recon = (x * logits - logits.clamp(min=0) + torch.sigmoid(logits.abs()).log()).sum(-1).mean(0)
-    if kl == "analytic":
-        kl_term = kl_standard_normal(mu, logvar).sum(-1)
-    else:
-        kl_term = (gaussian_log_density(z, mu, logvar) - standard_normal_log_density(z)).mean(0)
-    return (kl_term - recon).mean()
-
-
-def _adam_step(
-    params: list[torch.Tensor],
-    exp_avgs: list[torch.Tensor],
-    exp_avg_sqs: list[torch.Tensor],
-    steps: list[torch.Tensor],
-    coefs: torch.Tensor,
-    x: torch.Tensor,
-    eps: torch.Tensor,
-    n_enc: int,
-    activation: str,
-    kl: str,
-    beta1: float,
-    beta2: float,
-    adam_eps: float,
-    weight_decay: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward, backward and torch.optim.Adam's update (in place); returns (ELBO, loss)."""
-    grads, loss = torch.func.grad_and_value(_functional_neg_elbo)(params, n_enc, x, eps, activation, kl)
-    with torch.no_grad():
-        torch._foreach_add_(steps, 1)
-        # lr / (1 - beta1^t) and sqrt(1 - beta2^t) come in as a tensor: computed in here, inductor
-        # would recompute both powers in every iteration of every update loop (2.5x slower).
-        step_size, bias_correction2_sqrt = coefs[0], coefs[1]
-        for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs, strict=True):
-            if weight_decay:
-                g = g + weight_decay * p
-            m.lerp_(g, 1 - beta1)
-            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            p.sub_(step_size * m / (v.sqrt() / bias_correction2_sqrt + adam_eps))
-    return -loss.detach(), loss.detach()
-
-
-_compiled_adam_step: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
-
-
-def compiled_train_step(
-    model: VAE,
-    optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
-    config: TrainConfig,
-    generator: torch.Generator,
-    step: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`train_step` for AEVB with the Bernoulli decoder and Adam, as one compiled graph.
-
-    ``step`` is the compiled :func:`_adam_step` to call; by default one compiled with inductor's C++
-    wrapper, once per process (the benchmark passes others, compiled with other options).
-
-    The same arguments, return value and random numbers (one ``torch.randn`` for eps from
-    ``generator``, as :func:`vae_utils.loss.reparameterize` draws it); it updates the parameters
-    and ``optimizer``'s own state (step, exp_avg, exp_avg_sq), so checkpoints are interchangeable
-    with the eager step's. Results agree with the eager step's to float rounding (~1e-7), are
-    reproducible run to run and resume exactly. The first call compiles (seconds with inductor's
-    cache warm, up to a minute cold); each new model shape or batch size compiles once more.
-    """
-    global _compiled_adam_step
-    if step is None:
-        if _compiled_adam_step is None:
-            _compiled_adam_step = torch.compile(
-                _adam_step, fullgraph=True, dynamic=False, options={"cpp_wrapper": True}
-            )
-        step = _compiled_adam_step
-    (group,) = optimizer.param_groups
-    params = [*model.encoder.parameters(), *model.decoder.parameters()]
-    states = []
-    for p in params:
-        state = optimizer.state[p]
-        if not state:  # torch.optim.Adam's lazy initialisation (fused=True: a float32 step tensor)
-            state["step"] = torch.tensor(0.0, dtype=torch.float32, device=p.device)
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        states.append(state)
-    eps = torch.randn(
-        (config.n_samples, len(x), model.latent_dim), generator=generator, device=x.device, dtype=x.dtype
-    )
-    t = states[0]["step"].item() + 1  # the step about to be taken (a CPU tensor: no sync)
-    beta1, beta2 = group["betas"]
-    coefs = torch.tensor([group["lr"] / (1 - beta1**t), math.sqrt(1 - beta2**t)], dtype=x.dtype)
-    return step(
-        params,
-        [s["exp_avg"] for s in states],
-        [s["exp_avg_sq"] for s in states],
-        [s["step"] for s in states],
-        coefs,
-        x,
-        eps,
-        len(list(model.encoder.parameters())),
-        config.activation,
-        config.kl,
-        beta1,
-        beta2,
-        group["eps"],
-        group["weight_decay"],
-    )
 
 
 def train_epoch(
@@ -505,6 +373,23 @@ def train(
         return _train_locked(config, overwrite, resume, progress, data, device, tb)
 
 
+@dataclasses.dataclass
+class TrainState:
+    """Where a run stands: saved in every checkpoint (as a dict, ``state``) and restored on resume."""
+
+    lr: float  # the step size the pilot chose, or config.lr (Burda's schedule scales it per epoch)
+    epoch: int = 0
+    history: list[dict] = dataclasses.field(default_factory=list)  # one row per evaluation
+    best_elbo: float = -math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0  # evaluations in a row without a better test ELBO (early stopping)
+    finished: bool = False
+    seconds: float = 0.0  # training and evaluation time so far
+    last_eval_samples: int = 0
+    objective_sum: float = 0.0  # minibatch ELBOs since the last evaluation
+    objective_count: int = 0
+
+
 def _train_locked(
     config: TrainConfig,
     overwrite: bool,
@@ -523,92 +408,99 @@ def _train_locked(
     model = VAE.from_config(config, data.dim).to(device)
     optimizer = make_optimizer(model, config, device, lr)
     data_gen = torch.Generator(device).manual_seed(config.seed)
-    state: dict[str, Any] = {  # saved in every checkpoint, restored on resume
-        "epoch": 0,
-        "history": [],
-        "best_elbo": -math.inf,
-        "best_epoch": 0,
-        "bad_epochs": 0,
-        "finished": False,
-        "seconds": 0.0,
-        "lr": lr,
-        "last_eval_samples": 0,
-        "objective_sum": 0.0,
-        "objective_count": 0,
-    }
+    state = TrainState(lr=lr)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         data_gen.set_state(checkpoint["rng"].to(torch.uint8))
-        state = {**state, **checkpoint["state"]}
-        if progress and not state["finished"]:
-            print(f"resuming {config.path} after epoch {state['epoch']}", flush=True)
+        state = TrainState(**checkpoint["state"])
+        if progress and not state.finished:
+            print(f"resuming {config.path} after epoch {state.epoch}", flush=True)
 
-    path = config.path
+    def save(is_best: bool) -> float:
+        save_checkpoint(config.path, model, optimizer, data_gen, dataclasses.asdict(state), is_best)
+        return time.perf_counter()
+
     n_train = len(_training_split(data)[0])
     saved_at = time.perf_counter()
-    while not state["finished"]:
-        epoch = state["epoch"] + 1
+    while not state.finished:
+        epoch = state.epoch + 1
         started = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = scheduled_lr(config, epoch, lr)
         out = train_epoch(
             model, optimizer, data, config, data_gen, progress and interactive(), f"epoch {epoch}"
         )
-        finite = torch.isfinite(out).all(1)
-        if not bool(finite.all()):  # one host sync per epoch, not per step
-            bad = int((~finite).nonzero()[0])
-            raise TrainingDiverged(
-                f"the loss became {out[bad, 1].item()} (minibatch ELBO {out[bad, 0].item()}) at "
-                f"epoch {epoch}, batch {bad + 1} of {len(out)}: training stopped. "
-                + (
-                    f"The last good checkpoint (epoch {state['epoch']}) is kept in {path}. "
-                    if state["history"]
-                    else f"No evaluation finished, so {path} holds no checkpoint. "
-                )
-                + "Try a smaller lr or, for the Gaussian decoder, a higher min_logvar."
-            )
+        _check_divergence(out, epoch, state, config)
         samples = epoch * n_train
-        state["objective_sum"] += out[:, 0].double().sum().item()
-        state["objective_count"] += len(out)
-        state["epoch"] = epoch
+        state.objective_sum += out[:, 0].double().sum().item()
+        state.objective_count += len(out)
+        state.epoch = epoch
         last = epoch >= config.epochs
-        if not (last or evaluation_due(samples, state["last_eval_samples"], config.eval_per_decade)):
-            state["seconds"] += time.perf_counter() - started
+        if not (last or evaluation_due(samples, state.last_eval_samples, config.eval_per_decade)):
+            state.seconds += time.perf_counter() - started
             if time.perf_counter() - saved_at > CHECKPOINT_SECONDS:  # an interruption loses little
-                save_checkpoint(path, model, optimizer, data_gen, state, is_best=False)
-                saved_at = time.perf_counter()
+                saved_at = save(is_best=False)
             continue
-        row = {
-            "epoch": epoch,
-            "samples": samples,
-            **_eval_row(model, data, config),
-            "minibatch_elbo": state["objective_sum"] / state["objective_count"],
-        }
-        previous_samples = state["last_eval_samples"]
-        state.update(objective_sum=0.0, objective_count=0, last_eval_samples=samples)
-        state["seconds"] += time.perf_counter() - started
-        row["seconds"] = state["seconds"]
-        is_best = row["test_elbo"] > state["best_elbo"]
-        if is_best:
-            state.update(best_elbo=row["test_elbo"], best_epoch=epoch, bad_epochs=0)
-        else:
-            state["bad_epochs"] += 1
-        state["history"].append(row)
-        stop_early = config.patience is not None and state["bad_epochs"] >= config.patience
-        state["finished"] = last or stop_early
+        previous_samples = state.last_eval_samples
+        row, is_best, stop_early = _evaluate(model, data, config, state, samples, last, started)
         if tb.enabled:  # before the checkpoint: a crash in between is purged by the resume
-            images = state["finished"] or evaluation_due(samples, previous_samples, IMAGES_PER_DECADE)
+            images = state.finished or evaluation_due(samples, previous_samples, IMAGES_PER_DECADE)
             grids = image_grids(model, data, config.seed) if images else None
             tb.write(row, optimizer.param_groups[0]["lr"], previous_samples, grids)
-        save_checkpoint(path, model, optimizer, data_gen, state, is_best)
-        saved_at = time.perf_counter()
+        saved_at = save(is_best)
         if progress:
             print(_format_row(row, config, is_best), flush=True)
             if stop_early:
                 print(
                     f"early stop: no better test ELBO for {config.patience} evaluations; keeping "
-                    f"epoch {state['best_epoch']} (test ELBO {state['best_elbo']:.2f})",
+                    f"epoch {state.best_epoch} (test ELBO {state.best_elbo:.2f})",
                     flush=True,
                 )
-    return load_run(path, device=device)
+    return load_run(config.path, device=device)
+
+
+def _check_divergence(out: torch.Tensor, epoch: int, state: TrainState, config: TrainConfig) -> None:
+    """Raise :class:`TrainingDiverged` when a minibatch ELBO or loss of the epoch (``out``, from
+    :func:`train_epoch`) is not finite, naming the batch and the checkpoint kept: one host sync per
+    epoch, not per step."""
+    finite = torch.isfinite(out).all(1)
+    if bool(finite.all()):
+        return
+    bad = int((~finite).nonzero()[0])
+    raise TrainingDiverged(
+        f"the loss became {out[bad, 1].item()} (minibatch ELBO {out[bad, 0].item()}) at "
+        f"epoch {epoch}, batch {bad + 1} of {len(out)}: training stopped. "
+        + (
+            f"The last good checkpoint (epoch {state.epoch}) is kept in {config.path}. "
+            if state.history
+            else f"No evaluation finished, so {config.path} holds no checkpoint. "
+        )
+        + "Try a smaller lr or, for the Gaussian decoder, a higher min_logvar."
+    )
+
+
+def _evaluate(
+    model: VAE, data: Data, config: TrainConfig, state: TrainState, samples: int, last: bool, started: float
+) -> tuple[dict, bool, bool]:
+    """Evaluate after the epoch ``state.epoch`` (started at ``started``), append the history row and
+    update the best model and the early stop; returns (the row, whether it is the best so far,
+    whether training stops early)."""
+    row = {
+        "epoch": state.epoch,
+        "samples": samples,
+        **_eval_row(model, data, config),
+        "minibatch_elbo": state.objective_sum / state.objective_count,
+    }
+    state.objective_sum, state.objective_count, state.last_eval_samples = 0.0, 0, samples
+    state.seconds += time.perf_counter() - started
+    row["seconds"] = state.seconds
+    is_best = row["test_elbo"] > state.best_elbo
+    if is_best:
+        state.best_elbo, state.best_epoch, state.bad_epochs = row["test_elbo"], state.epoch, 0
+    else:
+        state.bad_epochs += 1
+    state.history.append(row)
+    stop_early = config.patience is not None and state.bad_epochs >= config.patience
+    state.finished = last or stop_early
+    return row, is_best, stop_early

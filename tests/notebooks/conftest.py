@@ -1,7 +1,7 @@
 """nbval's reference notebooks: ``pytest`` re-executes every ``*.ipynb`` here and compares outputs.
 
-They are generated, never edited by hand: ``python -m vae_utils.study --references`` executes
-``notebooks/*.ipynb`` with the CI configurations (``vae_utils.study.CI_REFERENCE_SETS``) into this
+They are generated, never edited by hand: ``python tests/references.py`` executes
+``notebooks/*.ipynb`` with the CI configurations (``references.CI_REFERENCE_SETS``) into this
 folder (MNIST, Bernoulli decoder) and into ``frey/`` (Frey Face, Gaussian decoder, N_z = 5); nbval
 runs each folder's notebooks in file order, 02_train (which trains the set's run) first.
 
@@ -19,8 +19,8 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_sep("-", "nbval")
         terminalreporter.write_line(
             f"{len(failed)} notebook cell(s) differ from their reference in tests/notebooks/. If the "
-            "change is intended, regenerate the references with `python -m vae_utils.study "
-            "--references` and commit them with the change; otherwise the code changed behaviour.")
+            "change is intended, regenerate the references with `python "
+            "tests/references.py` and commit them with the change; otherwise the code changed behaviour.")
 
 
 _TRAINED: set = set()
@@ -28,15 +28,15 @@ _TRAINED: set = set()
 
 def pytest_runtest_setup(item):
     """Before the first cell of a reference set that analyses several runs (06, 07), train those
-    tiny runs as ``--references`` did (in this process, one thread), so that the notebook finds them
+    tiny runs as ``tests/references.py`` did (in this process, one thread), so that the notebook finds them
     and sees the same numbers."""
     from pathlib import Path
 
-    from vae_utils import study
+    import references
 
     path = Path(str(item.fspath)).resolve()
-    for name, reference_set in study.CI_REFERENCE_SETS.items():
+    for name, reference_set in references.CI_REFERENCE_SETS.items():
         if reference_set.get("runs") and path.parent == Path(reference_set["folder"]).resolve():
             if name not in _TRAINED:
-                study.train_reference_runs(name)
+                references.train_reference_runs(name)
                 _TRAINED.add(name)

@@ -43,7 +43,7 @@ from bench_train import matmul_peak, reference_step, step_flops
 from vae_utils import VAE, TrainConfig, compiled_step, load_dataset, presets
 from vae_utils.config import BURDA_EPOCHS
 from vae_utils.data import batches, data_root
-from vae_utils.training import make_optimizer, train_step
+from vae_utils.steps import make_optimizer, train_step
 
 CONFIG = TrainConfig(**{**presets.BURDA_MODEL, "binarize": "dynamic", "epochs": BURDA_EPOCHS})
 EPOCH_STEPS = 3000

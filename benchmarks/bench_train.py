@@ -36,7 +36,7 @@ import torchvision
 from vae_utils import VAE, TrainConfig, load_dataset, presets
 from vae_utils.config import BURDA_EPOCHS
 from vae_utils.data import data_root
-from vae_utils.training import make_optimizer, train_epoch
+from vae_utils.steps import make_optimizer, train_epoch
 
 CONFIGS = {
     "default (784-500-2 tanh, Adagrad 0.01, M=100)": TrainConfig(),

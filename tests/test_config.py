@@ -41,6 +41,7 @@ INVALID = {
     "adam_eps": [(0.0, "> 0"), (NAN, "finite"), (None, "finite")],
     "eval_per_decade": [(0, ">= 1"), (2.5, "integer"), ("8", "integer")],
     "eval_iw_samples": [(0, ">= 1"), (100.0, "integer"), ("5000", "integer")],
+    "eval_marginal": [(0, ">= 1"), (10.5, "integer"), ("1000", "integer")],
     "activation": [("sigmoid", "'tanh'"), ("Tanh", "'relu'"), (0, "'tanh'")],
     "init": [("xavier", "'paper'"), (None, "'pytorch'"), (0.01, "'paper'")],
     "min_logvar": [

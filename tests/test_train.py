@@ -13,6 +13,7 @@ import pytest
 import torch
 from small_runs import BATCH, small_run_config
 
+import vae_utils.steps as S
 import vae_utils.training as T
 from vae_utils.config import TrainConfig
 from vae_utils.data import load_dataset
@@ -69,7 +70,7 @@ class Interrupted(Exception):
 def wrap_elbo(monkeypatch, at_call: int, action):
     """Replace train.py's ``elbo`` by the real one, except that on the ``at_call``-th training
     minibatch (1-based, counted across epochs) ``action(real_result)`` is returned or raised."""
-    real = T.elbo
+    real = S.elbo
     calls = {"n": 0}
 
     def wrapped(*args, **kwargs):
@@ -77,7 +78,7 @@ def wrap_elbo(monkeypatch, at_call: int, action):
         out = real(*args, **kwargs)
         return action(out) if calls["n"] == at_call else out
 
-    monkeypatch.setattr(T, "elbo", wrapped)
+    monkeypatch.setattr(S, "elbo", wrapped)
     return calls
 
 
@@ -404,7 +405,6 @@ def test_run_files_are_written_atomically(finished_run, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["file.txt", "x.pt"]
 
 
-
 def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path):
     """mkstemp makes its file 0600; a run file must be readable as any file the process writes
     (umask 022: 0644), or a sweep on a shared folder hides its points from other users."""
@@ -476,7 +476,7 @@ def test_compiled_step_matches_eager_and_resumes_exactly(tmp_path, shared_data, 
     )
 
     config = make_config(tmp_path / "cut", shared_data, compile=True, **values)
-    real, calls = T.compiled_train_step, {"n": 0}
+    real, calls = S.compiled_train_step, {"n": 0}
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
@@ -484,7 +484,7 @@ def test_compiled_step_matches_eager_and_resumes_exactly(tmp_path, shared_data, 
             raise Interrupted
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(T, "compiled_train_step", interrupted)
+    monkeypatch.setattr(S, "compiled_train_step", interrupted)
     with pytest.raises(Interrupted):
         train(config, progress=False, data=mnist_small)
     monkeypatch.undo()

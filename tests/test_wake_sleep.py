@@ -15,21 +15,21 @@ import torch
 from small_runs import BATCH, small_run_config
 from torch import nn
 
+import vae_utils.steps as S
 import vae_utils.training as T
 from vae_utils.config import BURDA_EPOCHS, TrainConfig
 from vae_utils.data import load_dataset
 from vae_utils.linear_gaussian import LinearGaussian
 from vae_utils.model import VAE
 from vae_utils.runfiles import load_run
+from vae_utils.steps import sleep_loss, wake_loss
 from vae_utils.training import (
     TrainingDiverged,
     burda_stage,
     choose_step_size,
     evaluation_due,
     scheduled_lr,
-    sleep_loss,
     train,
-    wake_loss,
 )
 
 N_TRAIN, N_TEST = 600, 200
@@ -165,7 +165,7 @@ def test_wake_sleep_runs_are_deterministic_and_learn(tmp_path, shared_data, mnis
 def test_resumed_wake_sleep_run_equals_uninterrupted_run(tmp_path, shared_data, mnist_small, monkeypatch):
     full = train(make_config(tmp_path / "full", shared_data, epochs=3), progress=False, data=mnist_small)
     config = make_config(tmp_path / "cut", shared_data, epochs=3)
-    real, calls = T.sleep_loss, {"n": 0}
+    real, calls = S.sleep_loss, {"n": 0}
 
     def interrupting(*args, **kwargs):
         calls["n"] += 1
@@ -173,7 +173,7 @@ def test_resumed_wake_sleep_run_equals_uninterrupted_run(tmp_path, shared_data, 
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(T, "sleep_loss", interrupting)
+    monkeypatch.setattr(S, "sleep_loss", interrupting)
     with pytest.raises(KeyboardInterrupt):
         train(config, progress=False, data=mnist_small)
     monkeypatch.undo()
@@ -188,14 +188,14 @@ def test_nan_in_the_sleep_phase_stops_wake_sleep(tmp_path, shared_data, mnist_sm
     """A NaN sleep loss (which the minibatch ELBO does not contain) in epoch 2 stops the run with
     TrainingDiverged naming epoch and batch, and keeps epoch 1's checkpoint."""
     config = make_config(tmp_path / "run", shared_data, epochs=3)
-    real, calls = T.sleep_loss, {"n": 0}
+    real, calls = S.sleep_loss, {"n": 0}
 
     def poisoned(*args, **kwargs):
         calls["n"] += 1
         out = real(*args, **kwargs)
         return out * math.nan if calls["n"] == N_TRAIN // BATCH + 4 else out
 
-    monkeypatch.setattr(T, "sleep_loss", poisoned)
+    monkeypatch.setattr(S, "sleep_loss", poisoned)
     with pytest.raises(TrainingDiverged) as info:
         train(config, progress=False, data=mnist_small)
     message = str(info.value)
@@ -311,7 +311,7 @@ def test_a_long_stretch_without_evaluation_still_checkpoints_and_resumes(
     assert full.history["epoch"].tolist() == [1, 2, 6]  # 600, 1200 (>= 10^3), then the last
     monkeypatch.setattr(T, "CHECKPOINT_SECONDS", 0.0)
     config = make_config(tmp_path / "cut", shared_data, **values)
-    real, calls = T.aevb_loss, {"n": 0}
+    real, calls = S.aevb_loss, {"n": 0}
 
     def interrupting(*args, **kwargs):
         calls["n"] += 1
@@ -319,10 +319,10 @@ def test_a_long_stretch_without_evaluation_still_checkpoints_and_resumes(
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(T, "aevb_loss", interrupting)
+    monkeypatch.setattr(S, "aevb_loss", interrupting)
     with pytest.raises(KeyboardInterrupt):
         train(config, progress=False, data=mnist_small)
-    monkeypatch.setattr(T, "aevb_loss", real)
+    monkeypatch.setattr(S, "aevb_loss", real)
     assert torch.load(config.path / "last.pt", weights_only=False)["epoch"] == 4
     assert len(pd.read_csv(config.path / "history.csv")) == 2
     resumed = train(config, resume=True, progress=False, data=mnist_small)

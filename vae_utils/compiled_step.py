@@ -1,7 +1,7 @@
 """The compiled training step: AEVB with the Bernoulli decoder and Adam as one graph (forward,
 backward and update; torch.func traced by torch.compile into inductor's C++ kernels), 1.6-1.8x
 faster epochs on a CPU at small minibatches (docs/speed.md). Checkpoints are interchangeable with
-the eager step's (:func:`vae_utils.training.train_step`), and results agree to float rounding.
+the eager step's (:func:`vae_utils.steps.train_step`), and results agree to float rounding.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 DATASETS = ("mnist", "fashion_mnist", "frey_face")
 DECODERS = ("bernoulli", "gaussian", "continuous_bernoulli")
-ALGORITHMS = ("aevb", "wake_sleep")
+ALGORITHMS = ("aevb", "wake_sleep", "mcem")
 LR_SCHEDULES = ("constant", "burda")
 #: The hidden units' nonlinearity: its name here -> its class in ``torch.nn``.
 ACTIVATIONS = {"tanh": "Tanh", "relu": "ReLU"}
@@ -211,7 +211,11 @@ class TrainConfig:
             ELBO) or ``"wake_sleep"`` (Hinton et al. 1995, the paper's baseline in Figure 2: the
             wake phase steps the decoder on log p(x|z), z ~ q(z|x); the sleep phase steps the
             encoder on log q(z|x~) for fantasies z ~ p(z), x~ ~ p(x|z)). Same networks, optimizer,
-            step size, minibatch and weight decay; both are evaluated with the same ELBO.
+            step size, minibatch and weight decay; both are evaluated with the same ELBO. Or
+            ``"mcem"``, Monte Carlo EM (App. E, Figure 3): no encoder (it stays at its
+            initialisation, and the ELBO columns are NaN); a persistent z per training point moved
+            by HMC, then decoder steps on log p(x, z) (:mod:`vae_utils.mcem`); ``samples`` counts
+            every datapoint at which log p(x, z) or its gradient is computed.
         batch_size: M, datapoints per minibatch.
         epochs: the most passes over the training set.
         lr: the global step size (the paper chose from {0.01, 0.02, 0.1} for Adagrad). Ignored when
@@ -241,6 +245,10 @@ class TrainConfig:
         eval_iw_samples: ``None``, or k: each evaluation also estimates the test log p(x) with k
             importance samples (Burda et al.), the history's ``test_log_px``, so that the
             log-likelihood's trend shows during training (k = 5000 is left to the analysis).
+        eval_marginal: ``None``, or n: each evaluation also estimates log p(x) on the first n training
+            and the first n test images with App. D's estimator from HMC draws of the posterior
+            (Figure 3; :func:`vae_utils.marginal_likelihood.hmc_log_px`), the history's
+            ``train_log_px_hmc`` and ``test_log_px_hmc``; MCEM keeps its best model by it.
 
     Run
         seed: seeds the initialisation, the shuffling, the noise and the binarisation.
@@ -292,6 +300,7 @@ class TrainConfig:
     patience: int | None = 3
     eval_per_decade: int | None = None
     eval_iw_samples: int | None = None
+    eval_marginal: int | None = None
     seed: int = 0
     device: str = "auto"
     dtype: str = "float32"
@@ -368,6 +377,9 @@ class TrainConfig:
         check_int("patience", self.patience, 1, optional=True)
         check_int("eval_per_decade", self.eval_per_decade, 1, optional=True)
         check_int("eval_iw_samples", self.eval_iw_samples, 1, optional=True)
+        check_int("eval_marginal", self.eval_marginal, 1, optional=True)
+        if self.algorithm == "mcem":
+            self._check_mcem()
         check_int("seed", self.seed, 0, maximum=MAX_SEED)
         check_choice("device", self.device, DEVICES)
         check_choice("dtype", self.dtype, DTYPES)
@@ -389,12 +401,26 @@ class TrainConfig:
         check_int("train_subset", self.train_subset, 1, optional=True)
         check_int("test_subset", self.test_subset, 1, optional=True)
 
+    def _check_mcem(self) -> None:
+        """What Monte Carlo EM cannot do: it has no encoder, so no ELBO to choose a step size or to
+        stop on, and its persistent posterior sample is of fixed training images."""
+        if self.lr_candidates is not None:
+            fail("lr_candidates", self.lr_candidates, "None with algorithm='mcem' (the pilot compares ELBOs)")
+        if self.patience is not None and self.eval_marginal is None:
+            fail(
+                "patience",
+                self.patience,
+                "None with algorithm='mcem' unless eval_marginal is set (MCEM has no ELBO to stop on)",
+            )
+        if self.binarize == "dynamic":
+            fail("binarize", self.binarize, "'none' or 'static' with algorithm='mcem' (z is kept per image)")
+
     @property
     def name(self) -> str:
         """A short name for this configuration, e.g. ``mnist_bernoulli_z2_h500_s0``; two hidden
-        layers read ``h200x2``, wake-sleep adds ``_ws``."""
+        layers read ``h200x2``, wake-sleep adds ``_ws``, Monte Carlo EM ``_mcem``."""
         layers = f"x{self.hidden_layers}" if self.hidden_layers != 1 else ""
-        algorithm = "_ws" if self.algorithm == "wake_sleep" else ""
+        algorithm = {"aevb": "", "wake_sleep": "_ws", "mcem": "_mcem"}[self.algorithm]
         return (
             f"{self.dataset}_{self.decoder}_z{self.latent_dim}_h{self.hidden_dim}{layers}"
             f"_s{self.seed}{algorithm}"

@@ -28,7 +28,7 @@ from vae_utils.model import VAE
 
 HISTORY_COLUMNS = (
     "epoch",  # 1-based
-    "samples",  # training datapoints processed so far (Figure 2's x-axis)
+    "samples",  # training datapoints evaluated so far (Figure 2's x-axis; MCEM's HMC included)
     "seconds",  # wall-clock seconds of training and evaluation so far
     "train_elbo",
     "train_recon",
@@ -38,6 +38,8 @@ HISTORY_COLUMNS = (
     "test_kl",  # evaluated on the test set
     "minibatch_elbo",  # mean of the minibatch estimates since the last row (the training objective)
     "test_log_px",  # importance-weighted test log p(x) with config.eval_iw_samples samples (else NaN)
+    "train_log_px_hmc",  # log p(x) by App. D's estimator on config.eval_marginal training images (else NaN)
+    "test_log_px_hmc",  # the same on as many test images (Figure 3)
 )
 TB_DIR = "tb"  # a folder: the TensorBoard event files
 RUN_FILES = ("config.json", "history.csv", "last.pt", "best.pt", "lr_pilot.csv", TB_DIR)

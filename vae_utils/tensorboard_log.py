@@ -33,6 +33,8 @@ SCALAR_TAGS = {
     "train_kl": "kl/train",
     "test_kl": "kl/test",
     "test_log_px": "log_px/test",
+    "train_log_px_hmc": "log_px_hmc/train",
+    "test_log_px_hmc": "log_px_hmc/test",
 }
 LR_TAG = "lr"  # the step size of the epoch just evaluated (Burda's schedule changes it)
 RECONSTRUCTIONS_TAG = "images/reconstructions"  # N_IMAGES test images (top row), their reconstructions

@@ -1,10 +1,7 @@
-"""Training: minibatch SGVB (paper Algorithm 1) or wake-sleep, with checkpoints and resumption.
-
-:func:`train` runs either algorithm on the same networks and saves the run as
-:mod:`vae_utils.runfiles` describes. Around the loop it offers the paper's protocol as options:
-a recorded step-size pilot (:func:`choose_step_size`), log-spaced evaluation for long runs
-(:func:`evaluation_due`), early stopping on the best test ELBO, and Burda et al.'s step-size
-schedule (:func:`scheduled_lr`).
+"""A training run: :func:`train` runs AEVB, wake-sleep (:mod:`vae_utils.steps`) or Monte Carlo EM
+(:mod:`vae_utils.mcem`) and saves it as :mod:`vae_utils.runfiles` describes, with the paper's
+protocol as options: a recorded step-size pilot, log-spaced evaluation, early stopping, Burda et
+al.'s schedule, and exact resumption. docs/methods.md has the details.
 """
 
 from __future__ import annotations
@@ -16,19 +13,13 @@ import time
 import pandas as pd
 import torch
 
-from vae_utils.compiled_step import compiled_train_step
 from vae_utils.config import BURDA_EPOCHS, BURDA_STAGES, TrainConfig
 from vae_utils.data import Data, batches, load_config_data
-from vae_utils.loss import (
-    elbo,
-    evaluate,
-    gaussian_log_density,
-    importance_weighted_log_likelihood,
-    kl_standard_normal,
-    reparameterize,
-)
+from vae_utils.loss import evaluate, importance_weighted_log_likelihood
+from vae_utils.marginal_likelihood import hmc_log_px
+from vae_utils.mcem import MCEMState, mcem_epoch
 from vae_utils.model import VAE
-from vae_utils.progress import interactive, progress_bar
+from vae_utils.progress import interactive
 from vae_utils.runfiles import (
     TB_DIR,
     Run,
@@ -38,6 +29,7 @@ from vae_utils.runfiles import (
     prepare_run_dir,
     save_checkpoint,
 )
+from vae_utils.steps import make_optimizer, resolve_device, train_epoch, train_step, training_split
 from vae_utils.tensorboard_log import IMAGES_PER_DECADE, TensorBoardLog, image_grids
 
 #: Without an evaluation for this long, a run saves ``last.pt`` anyway (long log-spaced runs).
@@ -46,45 +38,6 @@ CHECKPOINT_SECONDS = 300.0
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the run directory keeps the last good checkpoint."""
-
-
-def _training_split(data: Data) -> tuple[torch.Tensor, torch.Tensor]:
-    """``data.x_train`` and ``data.x_train_eval``; ``ValueError`` for data loaded with ``train=False``."""
-    if data.x_train is None or data.x_train_eval is None:
-        raise ValueError(
-            f"the {data.name!r} data holds only its test split (loaded with train=False): training "
-            "needs load_dataset(..., train=True)"
-        )
-    return data.x_train, data.x_train_eval
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            "device = 'cuda' is invalid here: no CUDA device is available; allowed 'auto' or 'cpu'"
-        )
-    return torch.device(device)
-
-
-def make_optimizer(
-    model: VAE, config: TrainConfig, device: torch.device, lr: float | None = None
-) -> torch.optim.Optimizer:
-    """Adagrad (the paper) or Adam, fused into one kernel where PyTorch offers it on this device.
-
-    One optimizer holds every parameter, for wake-sleep too: each parameter gets its gradient from
-    one phase only (the decoder's from wake, the encoder's from sleep), so one step on the sum of
-    the two losses is the two phases' steps, with the same step size and weight decay.
-    """
-    lr = config.lr if lr is None else lr
-    if config.optimizer == "adagrad":
-        return torch.optim.Adagrad(
-            model.parameters(), lr=lr, weight_decay=config.weight_decay, fused=device.type == "cpu"
-        )
-    return torch.optim.Adam(
-        model.parameters(), lr=lr, weight_decay=config.weight_decay, eps=config.adam_eps, fused=True
-    )
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -122,97 +75,6 @@ def evaluation_due(samples: int, last_samples: int, per_decade: int | None) -> b
     return index(samples) > index(last_samples)
 
 
-# ----------------------------------------------------------------------------- one step
-
-
-def aevb_loss(
-    model: VAE, x: torch.Tensor, config: TrainConfig, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the loss to step on, the minibatch ELBO): both -ELBO / ELBO per datapoint (estimator A or B)."""
-    value = elbo(model, x, config.n_samples, config.kl, generator).elbo.mean()
-    return -value, value.detach()
-
-
-def wake_loss(
-    model: VAE, x: torch.Tensor, n_samples: int, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The wake phase: -E_q[log p_theta(x|z)] with z ~ q_phi(z|x) and no gradient to phi.
-
-    log p(x, z) = log p(x|z) + log p(z) and log p(z) does not depend on theta, so stepping theta on
-    log p(x|z) is stepping on the joint. Also returns the minibatch ELBO of the (encoder, decoder)
-    pair (estimator B), which costs one closed-form KL more: the training curve of wake-sleep.
-    """
-    with torch.no_grad():
-        mu, logvar = model.encode(x)
-        z = reparameterize(mu, logvar, n_samples, generator)
-        kl = kl_standard_normal(mu, logvar).sum(-1)
-    recon = model.decoder.log_prob(x, z).mean(0)
-    return -recon.mean(), (recon.detach() - kl).mean()
-
-
-def sleep_loss(model: VAE, n: int, generator: torch.Generator) -> torch.Tensor:
-    """The sleep phase: -E[log q_phi(z|x~)] for fantasies z ~ p(z) = N(0, I), x~ ~ p_theta(x|z).
-
-    x~ is a sample, not a mean: binary for the Bernoulli decoder, continuous for the Gaussian and the
-    continuous Bernoulli ones; no gradient reaches theta. Minimising it over phi minimises
-    KL(p(z|x~) || q(z|x~)) averaged over the model's own data, not the ELBO's KL(q || p(z|x)).
-    """
-    with torch.no_grad():
-        z = model.sample_prior(n, generator)
-        x = model.decoder.sample(z, generator)
-    mu, logvar = model.encode(x)
-    return -gaussian_log_density(z, mu, logvar).mean()
-
-
-def train_step(
-    model: VAE,
-    optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
-    config: TrainConfig,
-    generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step on the minibatch ``x``: SGVB on -ELBO (``algorithm="aevb"``, Algorithm 1)
-    or a wake and a sleep phase (``"wake_sleep"``). Returns (the minibatch ELBO per datapoint, the
-    loss stepped on), detached and left on the device; for wake-sleep the loss is the sum of the
-    wake and sleep losses, which the ELBO does not contain.
-
-    With ``config.compile`` (AEVB with Adam on a CPU) the step is :func:`compiled_train_step`."""
-    if config.compile and config.algorithm == "aevb" and x.device.type == "cpu":
-        return compiled_train_step(model, optimizer, x, config, generator)
-    if config.algorithm == "aevb":
-        loss, minibatch_elbo = aevb_loss(model, x, config, generator)
-    else:
-        wake, minibatch_elbo = wake_loss(model, x, config.n_samples, generator)
-        loss = wake + sleep_loss(model, len(x), generator)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return minibatch_elbo, loss.detach()
-
-
-def train_epoch(
-    model: VAE,
-    optimizer: torch.optim.Optimizer,
-    data: Data,
-    config: TrainConfig,
-    generator: torch.Generator,
-    progress: bool = False,
-    desc: str = "",
-) -> torch.Tensor:
-    """One pass over the shuffled ``data.x_train``, one :func:`train_step` per minibatch.
-
-    Returns a (n_batches, 2) tensor left on the device (nothing here waits for it, so the caller
-    checks it once per epoch): column 0 the minibatch ELBOs, column 1 the losses stepped on.
-    """
-    x_train, _ = _training_split(data)
-    n_batches = math.ceil(len(x_train) / config.batch_size)
-    out = torch.empty(n_batches, 2, device=x_train.device, dtype=x_train.dtype)
-    epoch_batches = batches(x_train, config.batch_size, generator, config.binarize == "dynamic")
-    for i, x in enumerate(progress_bar(epoch_batches, progress, desc, "batch", n_batches)):
-        out[i, 0], out[i, 1] = train_step(model, optimizer, x, config, generator)
-    return out
-
-
 # ----------------------------------------------------------------------------- the step-size pilot
 
 
@@ -226,7 +88,7 @@ def choose_step_size(
     (up to 10,000) training images the history evaluates, with fixed noise. The candidate with the
     best training-set ELBO wins (a NaN never does). Returns (chosen lr, the table of the pilot).
     """
-    x_train, x_train_eval = _training_split(data)
+    x_train, x_train_eval = training_split(data)
     rows = []
     steps = math.ceil(config.pilot_samples / config.batch_size)
     for lr in config.lr_candidates or [config.lr]:
@@ -290,22 +152,40 @@ def _pilot(config: TrainConfig, data: Data, device: torch.device, progress: bool
 # ----------------------------------------------------------------------------- the run
 
 
-def _eval_row(model: VAE, data: Data, config: TrainConfig) -> dict:
-    """Train and test ELBO with fixed evaluation noise (the same at every evaluation)."""
-    row = {}
+def _eval_row(model: VAE, data: Data, config: TrainConfig, state: TrainState) -> dict:
+    """Train and test ELBO with fixed evaluation noise (the same at every evaluation); with
+    ``eval_iw_samples`` the test log p(x) by importance sampling; with ``eval_marginal`` Figure 3's
+    estimate (App. D, from HMC draws) on the first training and test images. MCEM has no encoder:
+    its ELBO and importance-sampling columns are NaN."""
+    row = dict.fromkeys(("test_log_px", "train_log_px_hmc", "test_log_px_hmc"), math.nan)
     model.eval()
-    for split, x in (("train", _training_split(data)[1]), ("test", data.x_test)):
-        values = evaluate(model, x, config.n_samples, config.kl, seed=config.seed + 1)
-        row.update({f"{split}_{k}": v for k, v in values.items()})
-    row["test_log_px"] = math.nan
-    if config.eval_iw_samples is not None:
-        row["test_log_px"] = (
-            importance_weighted_log_likelihood(
-                model, data.x_test, config.eval_iw_samples, seed=config.seed + 1, progress=False
+    if config.algorithm != "mcem":
+        for split, x in (("train", training_split(data)[1]), ("test", data.x_test)):
+            values = evaluate(model, x, config.n_samples, config.kl, seed=config.seed + 1)
+            row.update({f"{split}_{k}": v for k, v in values.items()})
+        if config.eval_iw_samples is not None:
+            row["test_log_px"] = (
+                importance_weighted_log_likelihood(
+                    model, data.x_test, config.eval_iw_samples, seed=config.seed + 1, progress=False
+                )
+                .mean()
+                .item()
             )
-            .mean()
-            .item()
+    else:
+        row.update(
+            {f"{split}_{term}": math.nan for split in ("train", "test") for term in ("elbo", "recon", "kl")}
         )
+    if config.eval_marginal is not None:
+        for split, x in (("train", training_split(data)[0]), ("test", data.x_test)):
+            x = x[: config.eval_marginal]
+            if state.mcem is not None:  # the persistent sample of the training images; the prior for test
+                z0 = state.mcem.z[: len(x)] if split == "train" else None
+            else:
+                with torch.no_grad():
+                    z0 = model.encode(x)[0]
+            generator = torch.Generator(x.device).manual_seed(config.seed + 2)
+            estimate = hmc_log_px(model.decoder, x, generator, z0=z0, latent_dim=config.latent_dim)
+            row[f"{split}_log_px_hmc"] = estimate.log_px.mean().item()
     model.train()
     return row
 
@@ -316,10 +196,15 @@ def _format_row(row: dict, config: TrainConfig, best: bool) -> str:
         if config.eval_per_decade is None
         else f"epoch {row['epoch']:>5}/{config.epochs}, {row['samples']:.3g} samples"
     )
+    mark = " *" if best else "  "
+    train_hmc, test_hmc = (row.get(f"{split}_log_px_hmc", math.nan) for split in ("train", "test"))
+    hmc = f"log p(x) by HMC: train {train_hmc:9.2f}, test {test_hmc:9.2f}" if not math.isnan(test_hmc) else ""
+    if config.algorithm == "mcem":
+        return f"{where} | {hmc or 'no evaluation (eval_marginal=None)'}{mark} [{row['seconds']:.1f} s]"
     return (
         f"{where} | train ELBO {row['train_elbo']:9.2f} | "
         f"test ELBO {row['test_elbo']:9.2f} (recon {row['test_recon']:9.2f}, "
-        f"KL {row['test_kl']:6.2f}){' *' if best else '  '} [{row['seconds']:.1f} s]"
+        f"KL {row['test_kl']:6.2f}){mark}{' | ' + hmc if hmc else ''} [{row['seconds']:.1f} s]"
     )
 
 
@@ -357,7 +242,7 @@ def train(
     if overwrite and resume:
         raise ValueError("train(overwrite=True, resume=True): choose one")
     if data is not None:
-        _training_split(data)  # test-only data fails here, before the run directory is touched
+        training_split(data)  # test-only data fails here, before the run directory is touched
     device = resolve_device(config.device)
     with (
         lock_run_dir(config.path) as lock,  # before anything is written or deleted there
@@ -380,7 +265,7 @@ class TrainState:
     lr: float  # the step size the pilot chose, or config.lr (Burda's schedule scales it per epoch)
     epoch: int = 0
     history: list[dict] = dataclasses.field(default_factory=list)  # one row per evaluation
-    best_elbo: float = -math.inf
+    best_elbo: float = -math.inf  # the best test ELBO (MCEM: the best test log p(x) by HMC)
     best_epoch: int = 0
     bad_epochs: int = 0  # evaluations in a row without a better test ELBO (early stopping)
     finished: bool = False
@@ -388,6 +273,11 @@ class TrainState:
     last_eval_samples: int = 0
     objective_sum: float = 0.0  # minibatch ELBOs since the last evaluation
     objective_count: int = 0
+    mcem: MCEMState | None = None  # Monte Carlo EM's persistent sample and step size (algorithm="mcem")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.mcem, dict):  # as a checkpoint holds it
+            self.mcem = MCEMState(**self.mcem)
 
 
 def _train_locked(
@@ -409,11 +299,16 @@ def _train_locked(
     optimizer = make_optimizer(model, config, device, lr)
     data_gen = torch.Generator(device).manual_seed(config.seed)
     state = TrainState(lr=lr)
+    x_train = training_split(data)[0]
+    if config.algorithm == "mcem" and checkpoint is None:
+        state.mcem = MCEMState.start(len(x_train), config.latent_dim, data_gen, x_train.dtype, device)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         data_gen.set_state(checkpoint["rng"].to(torch.uint8))
         state = TrainState(**checkpoint["state"])
+        if state.mcem is not None:
+            state.mcem.z = state.mcem.z.to(device)
         if progress and not state.finished:
             print(f"resuming {config.path} after epoch {state.epoch}", flush=True)
 
@@ -421,18 +316,21 @@ def _train_locked(
         save_checkpoint(config.path, model, optimizer, data_gen, dataclasses.asdict(state), is_best)
         return time.perf_counter()
 
-    n_train = len(_training_split(data)[0])
+    n_train = len(x_train)
     saved_at = time.perf_counter()
     while not state.finished:
         epoch = state.epoch + 1
         started = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = scheduled_lr(config, epoch, lr)
-        out = train_epoch(
-            model, optimizer, data, config, data_gen, progress and interactive(), f"epoch {epoch}"
-        )
+        if state.mcem is not None:
+            out = mcem_epoch(model.decoder, optimizer, x_train, state.mcem, config.batch_size, data_gen)
+        else:
+            out = train_epoch(
+                model, optimizer, data, config, data_gen, progress and interactive(), f"epoch {epoch}"
+            )
         _check_divergence(out, epoch, state, config)
-        samples = epoch * n_train
+        samples = state.mcem.evaluations if state.mcem is not None else epoch * n_train
         state.objective_sum += out[:, 0].double().sum().item()
         state.objective_count += len(out)
         state.epoch = epoch
@@ -489,15 +387,17 @@ def _evaluate(
     row = {
         "epoch": state.epoch,
         "samples": samples,
-        **_eval_row(model, data, config),
+        **_eval_row(model, data, config, state),
         "minibatch_elbo": state.objective_sum / state.objective_count,
     }
     state.objective_sum, state.objective_count, state.last_eval_samples = 0.0, 0, samples
     state.seconds += time.perf_counter() - started
     row["seconds"] = state.seconds
-    is_best = row["test_elbo"] > state.best_elbo
+    score = row.get("test_log_px_hmc", math.nan) if state.mcem is not None else row["test_elbo"]
+    # MCEM without eval_marginal has no score: each evaluation's model is kept as the best
+    is_best = score > state.best_elbo if not math.isnan(score) else state.mcem is not None
     if is_best:
-        state.best_elbo, state.best_epoch, state.bad_epochs = row["test_elbo"], state.epoch, 0
+        state.best_elbo, state.best_epoch, state.bad_epochs = score, state.epoch, 0
     else:
         state.bad_epochs += 1
     state.history.append(row)

@@ -1,0 +1,147 @@
+"""Monte Carlo EM through train(): its cost count, Figure 3's evaluation, exact resumption, the
+same seed giving the same history, and the NaN guard, as for AEVB and wake-sleep."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+from small_runs import small_run_config
+from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+import vae_utils.mcem as M
+from vae_utils.config import TrainConfig
+from vae_utils.data import load_dataset
+from vae_utils.runfiles import TB_DIR, load_run
+from vae_utils.tensorboard_log import SCALAR_TAGS
+from vae_utils.training import TrainingDiverged, train
+
+N_TRAIN, N_TEST = 300, 100
+ITERATIONS = M.iterations_per_epoch(N_TRAIN, 100)  # 1: 5 updates of 100 see 500 >= 300 datapoints
+PER_EPOCH = ITERATIONS * (N_TRAIN * (M.LEAPFROG_STEPS + 1) + M.M_STEPS * 100)
+
+
+class Interrupted(Exception):
+    """Stands for a crash or a kill in the middle of an epoch."""
+
+
+def mcem_config(run_dir, shared_data, **overrides) -> TrainConfig:
+    fields = dict(
+        algorithm="mcem",
+        latent_dim=3,
+        hidden_dim=20,
+        train_subset=N_TRAIN,
+        test_subset=N_TEST,
+        patience=None,
+        eval_marginal=20,
+        tensorboard=False,
+        dtype="float64",
+    )
+    return small_run_config(run_dir, shared_data, **{**fields, **overrides})
+
+
+@pytest.fixture(scope="module")
+def data(shared_data):
+    return load_dataset("mnist", shared_data, train_subset=N_TRAIN, test_subset=N_TEST, dtype="float64")
+
+
+def without_seconds(history: pd.DataFrame) -> pd.DataFrame:
+    return history.drop(columns="seconds")
+
+
+def test_mcem_counts_its_evaluations_and_is_judged_by_its_marginal_likelihood(tmp_path, shared_data, data):
+    config = mcem_config(tmp_path / "run", shared_data, epochs=3, tensorboard=True)
+    run = train(config, progress=False, data=data)
+    h = run.history
+    assert h["samples"].tolist() == [PER_EPOCH * e for e in (1, 2, 3)]  # HMC included
+    assert h[["train_elbo", "test_elbo", "test_log_px"]].isna().all().all()  # no encoder
+    assert h[["train_log_px_hmc", "test_log_px_hmc"]].notna().all().all()
+    assert h["train_log_px_hmc"].iloc[-1] > h["train_log_px_hmc"].iloc[0] + 5  # it learns
+    assert (h["minibatch_elbo"] < 0).all()  # the mean log p(x, z) of its updates
+    assert run.best_epoch == int(h.loc[h["test_log_px_hmc"].idxmax(), "epoch"])
+    assert run.config.name.endswith("_mcem")
+    events = EventAccumulator(str(config.path / TB_DIR), size_guidance={SCALARS: 0})
+    events.Reload()
+    for column in ("train_log_px_hmc", "test_log_px_hmc"):  # live, against its cost
+        points = events.Scalars(SCALAR_TAGS[column])
+        assert [p.step for p in points] == h["samples"].tolist()
+        assert [p.value for p in points] == pytest.approx(h[column].tolist(), rel=1e-6)
+    assert "elbo/test" not in events.Tags()["scalars"]  # no encoder, no ELBO
+
+
+def test_an_interrupted_mcem_run_resumes_exactly(tmp_path, shared_data, data, monkeypatch):
+    """Interrupt a 3-epoch run in epoch 2's M-step (after its E-step has moved every z); resuming
+    from last.pt (persistent z, HMC step size, optimizer and generator state) gives the history
+    and weights of a run never interrupted."""
+    full = train(mcem_config(tmp_path / "full", shared_data), progress=False, data=data)
+    config = mcem_config(tmp_path / "cut", shared_data)
+    real, calls = M.m_step, {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == ITERATIONS + 1:
+            raise Interrupted
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(M, "m_step", interrupted)
+    with pytest.raises(Interrupted):
+        train(config, progress=False, data=data)
+    monkeypatch.undo()
+    assert len(pd.read_csv(config.path / "history.csv")) == 1
+    saved = torch.load(config.path / "last.pt", weights_only=False)["state"]["mcem"]
+    assert saved["z"].shape == (N_TRAIN, 3) and saved["evaluations"] == PER_EPOCH
+    resumed = train(config, resume=True, progress=False, data=data)
+    pd.testing.assert_frame_equal(
+        without_seconds(resumed.history), without_seconds(full.history), check_exact=True
+    )
+    for a, b in zip(resumed.model.state_dict().values(), full.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_the_same_seed_gives_the_same_mcem_history(tmp_path, shared_data, data):
+    a, b = (train(mcem_config(tmp_path / n, shared_data, epochs=2), progress=False, data=data) for n in "ab")
+    pd.testing.assert_frame_equal(without_seconds(a.history), without_seconds(b.history), check_exact=True)
+
+
+def test_a_nan_in_the_m_step_stops_mcem_and_keeps_the_last_good_checkpoint(
+    tmp_path, shared_data, data, monkeypatch
+):
+    config = mcem_config(tmp_path / "run", shared_data)
+    real, calls = M.m_step, {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        values = real(*args, **kwargs)
+        return values * math.nan if calls["n"] == ITERATIONS + 1 else values
+
+    monkeypatch.setattr(M, "m_step", poisoned)
+    with pytest.raises(
+        TrainingDiverged, match=r"at epoch 2, batch 1 of 5.*The last good checkpoint \(epoch 1\)"
+    ):
+        train(config, progress=False, data=data)
+    assert load_run(config.path, checkpoint="last").history["epoch"].tolist() == [1]
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (
+            {"lr_candidates": [0.01, 0.02]},
+            "lr_candidates = [0.01, 0.02] is invalid: allowed None with algorithm='mcem'",
+        ),
+        (
+            {"patience": 3, "eval_marginal": None},
+            "patience = 3 is invalid: allowed None with algorithm='mcem' unless",
+        ),
+        (
+            {"binarize": "dynamic"},
+            "binarize = 'dynamic' is invalid: allowed 'none' or 'static' with algorithm='mcem'",
+        ),
+        ({"eval_marginal": 0}, "eval_marginal = 0 is invalid: allowed an integer >= 1"),
+    ],
+)
+def test_what_mcem_cannot_do_is_refused_by_name(fields, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
+        TrainConfig(**{"algorithm": "mcem", "patience": None, **fields})

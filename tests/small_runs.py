@@ -3,8 +3,11 @@
 from pathlib import Path
 
 from vae_utils.config import TrainConfig
+from vae_utils.runfiles import LIKELIHOOD_CACHE, RUN_FILES
 
 BATCH = 100
+#: The files a finished training run leaves (no step-size pilot, no log p(x) estimate yet).
+TRAINED_RUN_FILES = sorted(set(RUN_FILES) - {"lr_pilot.csv", LIKELIHOOD_CACHE})
 
 
 def small_run_config(run_dir: Path, data_dir: Path, **fields) -> TrainConfig:

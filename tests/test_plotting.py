@@ -19,7 +19,7 @@ from vae_utils import analysis, figure2, likelihoods, plotting
 from vae_utils.config import REGIMES, TrainConfig
 from vae_utils.loss import posterior_statistics
 from vae_utils.model import VAE
-from vae_utils.runfiles import Run
+from vae_utils.runfiles import LIKELIHOOD_CACHE, Run
 
 SHAPE = (4, 5)  # a small image shape, D = 20
 
@@ -168,7 +168,7 @@ def test_cached_likelihood_summary_reads_back_and_keys_on_the_model_and_images(
     run = Run(TrainConfig(), history(), model, tmp_path, 3, 3, 0.01)
     first = analysis.cached_likelihood_summary(run, x, k=50, seed=0, progress=False)
     assert first == analysis.likelihood_summary(model, x, k=50, seed=0, progress=False)
-    assert len(json.loads((tmp_path / analysis.LIKELIHOOD_CACHE).read_text())) == 1
+    assert len(json.loads((tmp_path / LIKELIHOOD_CACHE).read_text())) == 1
 
     calls = []
 
@@ -185,7 +185,7 @@ def test_cached_likelihood_summary_reads_back_and_keys_on_the_model_and_images(
         next(model.parameters()).add_(1e-3)  # another checkpoint
     analysis.cached_likelihood_summary(run, x, k=50, seed=0, progress=False)
     assert len(calls) == 3
-    assert len(json.loads((tmp_path / analysis.LIKELIHOOD_CACHE).read_text())) == 4
+    assert len(json.loads((tmp_path / LIKELIHOOD_CACHE).read_text())) == 4
     # a folder that cannot be written: computed, not cached, no error
     unwritable = Run(TrainConfig(), history(), model, tmp_path / "missing", 3, 3, 0.01)
     assert analysis.cached_likelihood_summary(unwritable, x, k=50, seed=0, progress=False) == {"images": 0}
@@ -415,3 +415,16 @@ def test_log_likelihood_by_pixel_value_splits_the_reconstruction_term():
     assert f"At z = mu(x), {atoms:.0f} of its {lead['all pixels']:.0f}-nat lead over gaussian come" in text
     assert "at most 2.08 nats per pixel for gaussian)" in text
     plt.close("all")
+
+
+def test_a_retrained_run_drops_its_cached_estimates(tmp_path):
+    """The cache is a run file: an overwrite deletes it with the checkpoints, so notebook 03 of a
+    retrained run estimates afresh (and prints the same progress lines as the first time)."""
+    from vae_utils.runfiles import existing_run_files, prepare_run_dir
+
+    config = TrainConfig(run_dir=str(tmp_path / "run"))
+    prepare_run_dir(config, overwrite=False, resume=False)
+    (config.path / LIKELIHOOD_CACHE).write_text("{}")
+    assert existing_run_files(config) == ["config.json", LIKELIHOOD_CACHE]
+    prepare_run_dir(config, overwrite=True, resume=False)
+    assert not (config.path / LIKELIHOOD_CACHE).exists()

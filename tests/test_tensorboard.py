@@ -13,7 +13,7 @@ import urllib.request
 import numpy as np
 import pandas as pd
 import pytest
-from small_runs import BATCH, small_run_config
+from small_runs import BATCH, TRAINED_RUN_FILES, small_run_config
 from tensorboard.backend.event_processing import event_file_loader, plugin_event_accumulator
 from tensorboard.backend.event_processing.event_accumulator import IMAGES, SCALARS, EventAccumulator
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
@@ -22,7 +22,7 @@ import vae_utils.steps as S
 import vae_utils.training as T
 from vae_utils import sweep_engine, sweep_plan
 from vae_utils.data import load_dataset
-from vae_utils.runfiles import RUN_FILES, TB_DIR
+from vae_utils.runfiles import TB_DIR
 from vae_utils.tensorboard_log import (
     LR_TAG,
     N_IMAGES,
@@ -106,7 +106,7 @@ def test_events_hold_the_history_and_images(full_run):
     the step size, and the two image grids at the first and last evaluations, each of the size
     the tiling gives (2 rows of N_IMAGES 28 x 28 images, 2-pixel borders). tb is a run file."""
     config, run = full_run
-    assert sorted(p.name for p in config.path.iterdir()) == sorted(set(RUN_FILES) - {"lr_pilot.csv"})
+    assert sorted(p.name for p in config.path.iterdir()) == TRAINED_RUN_FILES
     assert len(event_files(config.path / TB_DIR)) == 1
     history = pd.read_csv(config.path / "history.csv")
     assert history["samples"].tolist() == STEPS and history["test_log_px"].notna().all()
@@ -214,7 +214,7 @@ def test_tensorboard_false_writes_no_events_and_the_same_history(
     be resumed with it switched either way."""
     config = make_config(tmp_path / "run", shared_data, eval_iw_samples=3, tensorboard=False)
     run = train(config, progress=False, data=mnist_small)
-    assert sorted(p.name for p in config.path.iterdir()) == sorted(set(RUN_FILES) - {"lr_pilot.csv", TB_DIR})
+    assert sorted(p.name for p in config.path.iterdir()) == sorted(set(TRAINED_RUN_FILES) - {TB_DIR})
     pd.testing.assert_frame_equal(
         run.history.drop(columns="seconds"), full_run[1].history.drop(columns="seconds"), check_exact=True
     )

@@ -11,7 +11,7 @@ import os
 import pandas as pd
 import pytest
 import torch
-from small_runs import BATCH, small_run_config
+from small_runs import BATCH, TRAINED_RUN_FILES, small_run_config
 
 import vae_utils.steps as S
 import vae_utils.training as T
@@ -21,7 +21,6 @@ from vae_utils.loss import ELBO, evaluate
 from vae_utils.model import VAE
 from vae_utils.runfiles import (
     HISTORY_COLUMNS,
-    RUN_FILES,
     _atomic,
     atomic_torch_save,
     atomic_write_text,
@@ -105,7 +104,7 @@ def test_short_run_raises_test_elbo(tmp_path, shared_data, mnist_small):
     untrained = evaluate(VAE.from_config(config, 784), mnist_small.x_test, seed=config.seed + 1)["elbo"]
     assert h["test_elbo"].iloc[-1] > untrained + 100, (untrained, h["test_elbo"].tolist())
     assert h["test_elbo"].iloc[-1] > h["test_elbo"].iloc[0] + 10
-    assert sorted(p.name for p in config.path.iterdir()) == sorted(set(RUN_FILES) - {"lr_pilot.csv"})
+    assert sorted(p.name for p in config.path.iterdir()) == TRAINED_RUN_FILES
     assert run.best_epoch == 4 and run.final["test_elbo"] == h["test_elbo"].iloc[-1]
     assert run.path == config.path
 
@@ -187,7 +186,7 @@ def test_existing_run_dir_is_never_overwritten_silently(tmp_path, shared_data, m
     assert second.history["epoch"].tolist() == [1, 2]
     assert second.history["test_elbo"].iloc[0] != first.history["test_elbo"].iloc[0]
     assert not state_dicts_equal(second.model.state_dict(), first.model.state_dict())
-    assert sorted(p.name for p in config.path.iterdir()) == sorted(set(RUN_FILES) - {"lr_pilot.csv"})
+    assert sorted(p.name for p in config.path.iterdir()) == TRAINED_RUN_FILES
 
 
 def test_unavailable_cuda_is_a_value_error_before_anything_is_written(tmp_path, shared_data):
@@ -388,7 +387,7 @@ def test_run_files_are_written_atomically(finished_run, tmp_path):
     temporary files left behind). A write that fails half-way leaves the old file intact and
     no temporary file; successful atomic writes round-trip."""
     config, _ = finished_run
-    assert sorted(p.name for p in config.path.iterdir()) == sorted(set(RUN_FILES) - {"lr_pilot.csv"})
+    assert sorted(p.name for p in config.path.iterdir()) == TRAINED_RUN_FILES
     target = tmp_path / "file.txt"
     atomic_write_text(target, "old")
 

@@ -164,22 +164,19 @@ def likelihood_summary(
     return {"images": len(x), "ELBO": bound, f"log p(x), k={k}": log_px, "log p(x) - ELBO": log_px - bound}
 
 
-#: Where :func:`cached_likelihood_summary` keeps a run's estimates, in the run's folder.
-LIKELIHOOD_CACHE = "likelihood_cache.json"
-
-
 def cached_likelihood_summary(
     run: Run, x: torch.Tensor, k: int, seed: int = 0, progress: bool = True
 ) -> dict[str, float]:
     """:func:`likelihood_summary` of ``run.model``, kept in ``run.path / LIKELIHOOD_CACHE`` under a
-    SHA-256 of the model's parameters, the images ``x``, k and seed: executing notebook 07 again
-    reads its k = 5000 estimates back (5 minutes per run on 2 cores) instead of recomputing them.
-    A different checkpoint, test set or k is a different key; a folder that cannot be written is
-    simply not cached."""
+    SHA-256 of the model's parameters, the images ``x``, k and seed: executing notebook 03 or 07
+    again (a study's ``--resume``, a report made again) reads the k = 5000 estimates back (5 minutes
+    per run on 2 cores) instead of recomputing them. A different checkpoint, test set or k is a
+    different key; a folder that cannot be written is simply not cached; a retrained run
+    (``overwrite``) deletes the file with its other run files."""
     import hashlib
     import json
 
-    from vae_utils.runfiles import atomic_write_text
+    from vae_utils.runfiles import LIKELIHOOD_CACHE, atomic_write_text
 
     digest = hashlib.sha256(f"k={k} seed={seed} x={tuple(x.shape)}".encode())
     for name, tensor in [*run.model.state_dict().items(), ("x", x)]:

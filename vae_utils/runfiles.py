@@ -42,7 +42,8 @@ HISTORY_COLUMNS = (
     "test_log_px_hmc",  # the same on as many test images (Figure 3)
 )
 TB_DIR = "tb"  # a folder: the TensorBoard event files
-RUN_FILES = ("config.json", "history.csv", "last.pt", "best.pt", "lr_pilot.csv", TB_DIR)
+LIKELIHOOD_CACHE = "likelihood_cache.json"  # log p(x) estimates of the run's model (analysis.py)
+RUN_FILES = ("config.json", "history.csv", "last.pt", "best.pt", "lr_pilot.csv", TB_DIR, LIKELIHOOD_CACHE)
 LOCK_FILE = ".lock"  # not a run file: prepare_run_dir's overwrite leaves it to its holder
 
 

@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 import torch
 from small_runs import small_run_config
-from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+from tensorboard.backend.event_processing.event_accumulator import IMAGES, SCALARS, EventAccumulator
 
 import vae_utils.mcem as M
 from vae_utils.config import TrainConfig
 from vae_utils.data import load_dataset
 from vae_utils.runfiles import TB_DIR, load_run
-from vae_utils.tensorboard_log import SCALAR_TAGS
+from vae_utils.tensorboard_log import PRIOR_SAMPLES_TAG, SCALAR_TAGS
 from vae_utils.training import TrainingDiverged, train
 
 N_TRAIN, N_TEST = 300, 100
@@ -62,13 +62,14 @@ def test_mcem_counts_its_evaluations_and_is_judged_by_its_marginal_likelihood(tm
     assert (h["minibatch_elbo"] < 0).all()  # the mean log p(x, z) of its updates
     assert run.best_epoch == int(h.loc[h["test_log_px_hmc"].idxmax(), "epoch"])
     assert run.config.name.endswith("_mcem")
-    events = EventAccumulator(str(config.path / TB_DIR), size_guidance={SCALARS: 0})
+    events = EventAccumulator(str(config.path / TB_DIR), size_guidance={SCALARS: 0, IMAGES: 0})
     events.Reload()
     for column in ("train_log_px_hmc", "test_log_px_hmc"):  # live, against its cost
         points = events.Scalars(SCALAR_TAGS[column])
         assert [p.step for p in points] == h["samples"].tolist()
         assert [p.value for p in points] == pytest.approx(h[column].tolist(), rel=1e-6)
     assert "elbo/test" not in events.Tags()["scalars"]  # no encoder, no ELBO
+    assert events.Tags()["images"] == [PRIOR_SAMPLES_TAG]  # nor reconstructions
 
 
 def test_an_interrupted_mcem_run_resumes_exactly(tmp_path, shared_data, data, monkeypatch):

@@ -790,7 +790,9 @@ def test_an_unreachable_scheduler_is_a_one_line_error_naming_the_address(tmp_pat
         "error: scheduler = 'tcp://127.0.0.1:1': no Dask scheduler answered there within 2 s"
     )
     assert "leave --scheduler out to start a LocalCluster" in line and "Traceback" not in out + err
-    assert "re-run the same command" in out  # the sweep's record says it did not finish
+    assert "0 of 1 points done (not started)" in out and "re-run the same command" not in out
+    record = json.loads((tmp_path / "far" / "sweep.json").read_text())
+    assert record["status"] == "not started" and "tcp://127.0.0.1:1" in record["error"]
 
 
 def test_list_values_are_separated_by_a_colon_in_both_command_lines(capsys):

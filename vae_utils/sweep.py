@@ -7,6 +7,7 @@ This module is the command line, :func:`run_sweep` and the report a preset ends 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
@@ -109,9 +110,13 @@ def run_sweep(
         if point not in todo:
             say(plan, point, "done already: " + elbo_text(plan.point_dir(point)))
     write_sweep_table(plan.folder)
+    unfit: SweepError | None = None
     try:
         if todo:
             execute_points(plan, todo, workers, threads, scheduler, poll_seconds, notebooks_dir)
+    except SweepError as error:  # no cluster, or one that cannot run the points: nothing ran
+        unfit = error
+        raise
     finally:
         table = write_sweep_table(plan.folder)
         done = int((table["status"] == "done").sum())
@@ -123,6 +128,8 @@ def run_sweep(
             if table["status"].isin(["done", "failed"]).all()
             else "interrupted",
         )
+        if unfit is not None:
+            record.update(status="not started", error=str(unfit))
         write_json(plan.folder / "sweep.json", record)
         print(
             f"sweep {plan.name}: {done} of {total} points done ({record['status']}); table "
@@ -369,4 +376,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # the reader went away (``... --dry-run | head``): no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

@@ -30,7 +30,7 @@ from vae_utils.runfiles import (
     save_checkpoint,
 )
 from vae_utils.steps import make_optimizer, resolve_device, train_epoch, train_step, training_split
-from vae_utils.tensorboard_log import IMAGES_PER_DECADE, TensorBoardLog, image_grids
+from vae_utils.tensorboard_log import IMAGES_PER_DECADE, RECONSTRUCTIONS_TAG, TensorBoardLog, image_grids
 
 #: Without an evaluation for this long, a run saves ``last.pt`` anyway (long log-spaced runs).
 CHECKPOINT_SECONDS = 300.0
@@ -345,6 +345,8 @@ def _train_locked(
         if tb.enabled:  # before the checkpoint: a crash in between is purged by the resume
             images = state.finished or evaluation_due(samples, previous_samples, IMAGES_PER_DECADE)
             grids = image_grids(model, data, config.seed) if images else None
+            if grids is not None and state.mcem is not None:  # no encoder: no reconstructions
+                grids.pop(RECONSTRUCTIONS_TAG)
             tb.write(row, optimizer.param_groups[0]["lr"], previous_samples, grids)
         saved_at = save(is_best)
         if progress:

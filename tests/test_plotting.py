@@ -428,3 +428,73 @@ def test_a_retrained_run_drops_its_cached_estimates(tmp_path):
     assert existing_run_files(config) == ["config.json", LIKELIHOOD_CACHE]
     prepare_run_dir(config, overwrite=True, resume=False)
     assert not (config.path / LIKELIHOOD_CACHE).exists()
+
+
+def two_seeds():
+    """figure2_long's panels for seeds 0 and 1: seed 1's AEVB bounds 4 nats lower and its train -
+    test gap 2 nats larger on MNIST, the rest the same."""
+    seed0, seed1 = figure2_long().assign(seed=0), figure2_long().assign(seed=1)
+    mnist_aevb = (seed1["dataset"] == "mnist") & (seed1["algorithm"] == "aevb")
+    seed1.loc[mnist_aevb, "elbo"] -= 4.0
+    seed1.loc[mnist_aevb & (seed1["split"] == "test"), "elbo"] -= 2.0
+    return pd.concat([seed0, seed1], ignore_index=True)
+
+
+def test_figure2_table_with_seeds_gives_their_mean_spread_and_worst_case():
+    one = figure2.figure2_table(figure2_long().assign(seed=0), BASELINES)
+    assert one.equals(figure2.figure2_table(figure2_long(), BASELINES))  # one seed: today's table
+    table = figure2.figure2_table(two_seeds(), BASELINES)
+    mnist = table.loc[("MNIST", 3)]
+    assert mnist["seeds"] == 2
+    assert (mnist["AEVB test"], mnist["AEVB test sd"]) == (-146.0, round(6 / 2**0.5, 2))  # -143, -149
+    assert (mnist["AEVB gap"], mnist["AEVB gap sd"]) == (4.0, round(2 / 2**0.5, 2))  # 3, 5
+    assert (mnist["AEVB - WS (test)"], mnist["AEVB - WS (test) min"]) == (5.0, 2.0)  # 8, 2
+    assert mnist["AEVB reaches WS's final test bound at"] == 100_000  # both seeds at the end
+    assert table.loc[("Frey Face", 2), "AEVB reaches WS's final test bound at"] == 10_000
+    assert table.loc[("Frey Face", 2), "WS test sd"] == 0.0
+
+
+def test_figure2_claims_with_seeds_are_checked_in_every_seed():
+    claims = figure2.figure2_claims(figure2.figure2_table(two_seeds(), BASELINES)).splitlines()
+    assert claims[0] == (
+        "- AEVB ends higher (test bound at the end of the budget) in every one of the 2 seeds in 2 of 2"
+        " panels."
+    )
+    assert claims[1] == (
+        "  Its lead ranges from 5.0 to 236.0 nats per datapoint (means over the seeds; its smallest in"
+        " any one seed is 2.0)."
+    )
+    assert "AEVB's train - test gap is 4.0 ± 1.4 (N_z = 3)" in "\n".join(claims)
+    worse = two_seeds()
+    worse.loc[
+        (worse["seed"] == 1) & (worse["dataset"] == "mnist") & (worse["algorithm"] == "aevb"), "elbo"
+    ] -= 20
+    table = figure2.figure2_table(worse, BASELINES)
+    assert table.loc[("MNIST", 3), "AEVB reaches WS's final test bound at"] is pd.NA  # never, in seed 1
+    first = figure2.figure2_claims(table).splitlines()[0]
+    assert first.endswith("in 1 of 2 panels: not in MNIST N_z = 3.")  # ahead on average, not in seed 1
+
+
+def test_figure2_claims_weigh_a_gap_trend_against_the_seeds():
+    long = pd.concat([two_seeds(), two_seeds().assign(latent_dim=lambda f: f["latent_dim"] * 10)])
+    far = (long["latent_dim"] == 30) & (long["algorithm"] == "aevb") & (long["split"] == "test")
+    claims = figure2.figure2_claims(figure2.figure2_table(long.assign(elbo=long["elbo"] - 10 * far)))
+    assert "From N_z = 3 to 30 it changes by +10.0 nats, beyond twice the standard error" in claims
+    claims = figure2.figure2_claims(figure2.figure2_table(long.assign(elbo=long["elbo"] - 0.5 * far)))
+    assert "From N_z = 3 to 30 it changes by +0.5 nats, within twice the standard error" in claims
+
+
+def test_plot_figure2_draws_the_seeds_range_as_a_band():
+    from matplotlib.collections import PolyCollection
+
+    def bands(fig):
+        return sum(isinstance(c, PolyCollection) for ax in fig.axes for c in ax.collections)
+
+    assert bands(figure2.plot_figure2(figure2_long().assign(seed=0))) == 0
+    fig = figure2.plot_figure2(two_seeds())
+    assert bands(fig) == 8  # 2 panels x 2 algorithms x train and test
+    assert fig._suptitle.get_text().endswith("the mean of 2 seeds, the band their range)")
+    mnist = next(ax for ax in fig.axes if ax.get_title().startswith("MNIST"))
+    aevb_test = next(line for line in mnist.get_lines() if line.get_label() == "AEVB test")
+    assert list(aevb_test.get_ydata()) == [-204.0, -155.0, -146.0]  # the means
+    plt.close("all")

@@ -31,12 +31,14 @@ PAPER_FIGURE2_YRANGE = {"mnist": (-150.0, -100.0), "frey_face": (0.0, 1600.0)}
 
 def figure2_protocol(runs: Mapping[str, Run]) -> pd.DataFrame:
     """What each run of a Figure 2 sweep was: its model, initialisation, weight decay, the step size
-    its pilot chose, and how far it trained. One row per (dataset, N_z, algorithm)."""
+    its pilot chose, and how far it trained. One row per (dataset, N_z, algorithm), and per seed
+    when the runs have several."""
     rows = [
         {
             "dataset": r.config.dataset,
             "N_z": r.config.latent_dim,
             "algorithm": r.config.algorithm,
+            "seed": r.config.seed,
             "hidden": r.config.hidden_dim,
             "decoder": r.config.decoder,
             "init": r.config.init,
@@ -47,12 +49,13 @@ def figure2_protocol(runs: Mapping[str, Run]) -> pd.DataFrame:
         }
         for r in runs.values()
     ]
-    index = ["dataset", "N_z", "algorithm"]
-    return pd.DataFrame(rows).sort_values(index).set_index(index)
+    table = pd.DataFrame(rows)
+    index = ["dataset", "N_z", "algorithm"] + (["seed"] if table["seed"].nunique() > 1 else [])
+    return table.drop(columns=[c for c in ["seed"] if c not in index]).sort_values(index).set_index(index)
 
 
 def figure2_histories(points: pd.DataFrame) -> pd.DataFrame:
-    """The histories of a sweep's points in long form: dataset, latent_dim, algorithm, epoch,
+    """The histories of a sweep's points in long form: dataset, latent_dim, algorithm, seed, epoch,
     samples, split (train/test), elbo and its KL term. ``points`` has one row per run with its
     ``run_dir`` and the TrainConfig fields ``dataset``, ``latent_dim`` and ``algorithm`` (as
     ``sweep_table.load_sweep`` gives)."""
@@ -66,6 +69,7 @@ def figure2_histories(points: pd.DataFrame) -> pd.DataFrame:
                         "dataset": point.dataset,
                         "latent_dim": point.latent_dim,
                         "algorithm": point.algorithm,
+                        "seed": point.seed,
                         "epoch": history["epoch"],
                         "samples": history["samples"],
                         "split": split,
@@ -106,11 +110,13 @@ def plot_figure2(
     long: pd.DataFrame, baselines: pd.DataFrame | None = None, columns: int | None = None
 ) -> plt.Figure:
     """The paper's Figure 2: one panel per (dataset, N_z), the lower bound per datapoint against
-    training samples evaluated on a log axis, AEVB and wake-sleep, test solid and train dashed.
-    ``long`` is :func:`figure2_histories`'s table; ``baselines`` (:func:`figure2_baselines`) adds a
-    grey dotted line at the test bound of the best model that ignores z, where it falls inside a
-    panel's y range. Returns the Figure."""
+    training samples evaluated on a log axis, AEVB and wake-sleep, test solid and train dashed;
+    with several seeds, each curve is their mean and a band spans their range. ``long`` is
+    :func:`figure2_histories`'s table; ``baselines`` (:func:`figure2_baselines`) adds a grey dotted
+    line at the test bound of the best model that ignores z, where it falls inside a panel's y
+    range. Returns the Figure."""
     panels = _panels(long)
+    n_seeds = long["seed"].nunique() if "seed" in long else 1
     datasets = list(dict.fromkeys(d for d, _ in panels))
     columns = columns or max(sum(d == name for d, _ in panels) for name in datasets)
     fig, axes = plt.subplots(
@@ -125,14 +131,20 @@ def plot_figure2(
                 continue
             panel = long[(long["dataset"] == name) & (long["latent_dim"] == zs[c])]
             for (algorithm, split), curve in panel.groupby(["algorithm", "split"], sort=False):
+                seeds = curve.groupby("samples")["elbo"].agg(["mean", "min", "max"])
+                colour = colours.get(algorithm, "C2")
                 ax.plot(
-                    curve["samples"],
-                    curve["elbo"],
-                    color=colours.get(algorithm, "C2"),
+                    seeds.index,
+                    seeds["mean"],
+                    color=colour,
                     linestyle="-" if split == "test" else "--",
                     linewidth=1.4,
                     label=f"{ALGORITHM_LABELS.get(algorithm, algorithm)} {split}",
                 )
+                if n_seeds > 1:
+                    ax.fill_between(
+                        seeds.index, seeds["min"], seeds["max"], color=colour, alpha=0.18, linewidth=0
+                    )
             ax.set_xscale("log")
             ax.set_title(f"{DATASET_LABELS.get(name, name)}, $N_z = {zs[c]}$", fontsize=10)
             ax.set_xlabel("training samples evaluated", fontsize=9)
@@ -148,7 +160,8 @@ def plot_figure2(
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, handle)
     fig.legend(list(handles.values()), list(handles), loc="lower right", fontsize=9, frameon=True)
-    fig.suptitle("Figure 2: AEVB against wake-sleep (test solid, train dashed)")
+    spread = f"; the mean of {n_seeds} seeds, the band their range" if n_seeds > 1 else ""
+    fig.suptitle(f"Figure 2: AEVB against wake-sleep (test solid, train dashed{spread})")
     fig.tight_layout()
     return fig
 
@@ -168,7 +181,37 @@ def figure2_table(long: pd.DataFrame, baselines: pd.DataFrame | None = None) -> 
     bounds of AEVB and wake-sleep, each algorithm's train - test gap (overfitting) and test KL term
     (the nats its latent code carries), AEVB's lead on the test set, and the training samples AEVB
     needed to reach wake-sleep's final test bound; with ``baselines``, the test bound of the best
-    model that ignores z."""
+    model that ignores z.
+
+    With several seeds (``long``'s ``seed`` column) each number is the mean over the seeds, and the
+    table adds how many there are (``seeds``), the spread of the test bounds and of AEVB's gap
+    (``... sd``, the seeds' standard deviation), AEVB's smallest lead in any one seed
+    (``AEVB - WS (test) min``), and, for the samples AEVB needed, the slowest seed's."""
+    seeds = sorted(long["seed"].unique()) if "seed" in long else []
+    if len(seeds) <= 1:
+        table = _panel_table(long, baselines)
+    else:
+        stacked = pd.concat([_panel_table(long[long["seed"] == s], baselines) for s in seeds])
+        grouped = stacked.groupby(level=["dataset", "N_z"], sort=False)
+        table = grouped.mean(numeric_only=True)
+        table.insert(0, "seeds", grouped.size())
+        reach = "AEVB reaches WS's final test bound at"
+        if reach in stacked:  # the slowest seed; never, if one seed never reaches it
+            table[reach] = grouped[reach].apply(lambda v: v.max() if v.notna().all() else np.nan)
+        for column in ("AEVB test", "WS test", "AEVB gap"):
+            if column in stacked:
+                table[f"{column} sd"] = grouped[column].std()
+        if "AEVB - WS (test)" in stacked:
+            table["AEVB - WS (test) min"] = grouped["AEVB - WS (test)"].min()
+    table = table.round(2)
+    for column in ("seeds", "samples", "AEVB reaches WS's final test bound at"):
+        if column in table:
+            table[column] = table[column].astype("Int64")  # 2500, not 2500.0; <NA> when never
+    return table
+
+
+def _panel_table(long: pd.DataFrame, baselines: pd.DataFrame | None) -> pd.DataFrame:
+    """:func:`figure2_table` of one seed's runs, unrounded."""
     rows = []
     for name, z in _panels(long):
         panel = long[(long["dataset"] == name) & (long["latent_dim"] == z)]
@@ -195,11 +238,7 @@ def figure2_table(long: pd.DataFrame, baselines: pd.DataFrame | None = None) -> 
         if baselines is not None and name in baselines.index:
             row[Z_IGNORED] = baselines.loc[name, "test"]
         rows.append(row)
-    table = pd.DataFrame(rows).set_index(["dataset", "N_z"]).round(2)
-    for column in ("samples", "AEVB reaches WS's final test bound at"):
-        if column in table:
-            table[column] = table[column].astype("Int64")  # 2500, not 2500.0; <NA> when never
-    return table
+    return pd.DataFrame(rows).set_index(["dataset", "N_z"])
 
 
 def figure2_claims(table: pd.DataFrame) -> str:
@@ -214,17 +253,27 @@ def figure2_claims(table: pd.DataFrame) -> str:
     if both.empty:
         return "\n".join(lines)
     lead = both["AEVB - WS (test)"]
-    ahead = lead > 0
+    seeds = int(both["seeds"].min()) if "seeds" in both else 1
+    ahead = (both["AEVB - WS (test) min"] if seeds > 1 else lead) > 0
     lines.append(
-        f"- AEVB ends higher (test bound at the end of the budget) in {int(ahead.sum())} of "
-        f"{len(both)} panels"
+        "- AEVB ends higher (test bound at the end of the budget) "
+        + (f"in every one of the {seeds} seeds " if seeds > 1 else "")
+        + f"in {int(ahead.sum())} of {len(both)} panels"
         + (
             "."
             if ahead.all()
             else ": not in " + ", ".join(f"{d} N_z = {z}" for d, z in lead[~ahead].index) + "."
         )
     )
-    lines.append(f"  Its lead ranges from {lead.min():.1f} to {lead.max():.1f} nats per datapoint.")
+    lines.append(
+        f"  Its lead ranges from {lead.min():.1f} to {lead.max():.1f} nats per datapoint"
+        + (
+            " (means over the seeds; its smallest in any one seed is "
+            f"{both['AEVB - WS (test) min'].min():.1f})."
+            if seeds > 1
+            else "."
+        )
+    )
     reach = both["AEVB reaches WS's final test bound at"]
     fraction = reach / both["samples"]
     faster = fraction.notna() & (fraction < 1)
@@ -264,11 +313,23 @@ def figure2_claims(table: pd.DataFrame) -> str:
         gaps = group["AEVB gap"]
         zs = group.index.get_level_values("N_z")
         trend = np.corrcoef(np.log(zs), gaps)[0, 1] if len(group) > 2 else float("nan")
+        spread = group["AEVB gap sd"] if "AEVB gap sd" in group else None
         lines.append(
             f"- Overfitting against N_z ({name}): AEVB's train - test gap is "
-            + ", ".join(f"{g:.1f} (N_z = {z})" for z, g in zip(zs, gaps, strict=True))
+            + ", ".join(
+                f"{g:.1f}{f' ± {sd:.1f}' if spread is not None else ''} (N_z = {z})"
+                for z, g, sd in zip(zs, gaps, spread if spread is not None else gaps, strict=True)
+            )
             + (f"; its correlation with log N_z is {trend:+.2f}." if np.isfinite(trend) else ".")
         )
+        if spread is not None and len(group) > 1:
+            change = gaps.iloc[-1] - gaps.iloc[0]
+            error = float(np.sqrt((spread.iloc[0] ** 2 + spread.iloc[-1] ** 2) / seeds))
+            lines.append(
+                f"  From N_z = {zs[0]} to {zs[-1]} it changes by {change:+.1f} nats, "
+                + ("beyond" if abs(change) > 2 * error else "within")
+                + f" twice the standard error of that difference over {seeds} seeds ({2 * error:.1f})."
+            )
     return "\n".join(lines)
 
 

@@ -19,11 +19,11 @@ import torch
 from matplotlib.ticker import MaxNLocator
 
 from vae_utils.analysis import Histories, histories_by_label, history_long, latent_grid
+from vae_utils.results import NATS
 
 if TYPE_CHECKING:  # annotations only
     from vae_utils.model import VAE
 
-NATS = "nats per datapoint"
 ACTIVE_THRESHOLD = 0.01  # Burda et al. (2015): a unit is active when Var_x E_q[z_d|x] > 0.01
 
 

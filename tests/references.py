@@ -21,8 +21,8 @@ from vae_utils.config import NOTEBOOKS_DIR, PROJECT_ROOT, STUDY_NOTEBOOKS, Train
 from vae_utils.notebook_runner import declared_parameters, run_notebook, short_parameters, tidy_metadata
 from vae_utils.training import train
 
-#: Every notebook of the project: a study runs 01-05; the sweeps' presets end with 06 and 07.
-ALL_NOTEBOOKS = STUDY_NOTEBOOKS + ("06_figure2", "07_likelihoods")
+#: Every notebook of the project: a study runs 01-05; the sweeps' presets end with 06, 07 and 08.
+ALL_NOTEBOOKS = STUDY_NOTEBOOKS + ("06_figure2", "07_likelihoods", "08_figure3")
 REFERENCES_DIR = PROJECT_ROOT / "tests" / "notebooks"
 REFERENCES_COMMAND = "python tests/references.py"
 
@@ -104,6 +104,21 @@ CI_REFERENCE_SETS: dict[str, dict[str, Any]] = {
             "06_figure2": {"run_dirs": None, "seed": 0, "results_path": "runs/nbval_figure2/results.json"}
         },
     },
+    "figure3": {
+        "folder": REFERENCES_DIR / "figure3",
+        "runs": "figure3",
+        "parameters": {
+            "08_figure3": {
+                "run_dirs": None,
+                "n_images": 20,
+                "grid_images": 3,
+                "grid_points": 12,
+                "iw_samples": 100,
+                "seed": 0,
+                "results_path": "runs/nbval_figure3/results.json",
+            }
+        },
+    },
     "likelihoods": {
         "folder": REFERENCES_DIR / "likelihoods",
         "runs": "likelihoods",
@@ -122,8 +137,9 @@ CI_REFERENCE_SETS: dict[str, dict[str, Any]] = {
 def reference_runs(name: str) -> list[TrainConfig]:
     """The tiny runs that reference set ``name`` analyses (empty for a set whose 02 trains its run):
     Figure 2's MNIST N_z = 3 and Frey Face N_z = 2 panels, AEVB and wake-sleep, seeds 0 and 1, on
-    500 training images for 3,000 samples; or the five likelihood runs on 500 images for Burda's 8
-    stages of one epoch each. Run directories under ``runs/nbval_<name>/``."""
+    500 training images for 3,000 samples; Figure 3's six curves on 100 and 300 training images for
+    6,000 samples, log p(x) on 10 + 10 images; or the five likelihood runs on 500 images for Burda's
+    8 stages of one epoch each. Run directories under ``runs/nbval_<name>/``."""
     from vae_utils import presets
 
     kind = CI_REFERENCE_SETS[name].get("runs")
@@ -136,6 +152,17 @@ def reference_runs(name: str) -> list[TrainConfig]:
             )
             if (c.dataset, c.latent_dim) in (("mnist", 3), ("frey_face", 2))
         ]
+    elif kind == "figure3":
+        configs = [
+            c
+            for size in (100, 300)
+            for c in presets.figure3_configs(
+                6000, train_subset=size, test_subset=50, device="cpu", dtype=CI_DTYPE, eval_marginal=10
+            )
+        ]
+        for c in configs:
+            c.run_dir = f"runs/nbval_figure3/{c.name}_n{c.train_subset}"
+        return configs
     elif kind == "likelihoods":
         configs = presets.likelihood_configs(
             8,

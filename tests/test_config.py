@@ -40,6 +40,7 @@ INVALID = {
     "lr_schedule": [("step", "'burda'"), (None, "'constant'")],
     "adam_eps": [(0.0, "> 0"), (NAN, "finite"), (None, "finite")],
     "eval_per_decade": [(0, ">= 1"), (2.5, "integer"), ("8", "integer")],
+    "eval_every": [(0, ">= 1"), (3e6, "integer"), ("3000000", "integer")],
     "eval_iw_samples": [(0, ">= 1"), (100.0, "integer"), ("5000", "integer")],
     "eval_marginal": [(0, ">= 1"), (10.5, "integer"), ("1000", "integer")],
     "activation": [("sigmoid", "'tanh'"), ("Tanh", "'relu'"), (0, "'tanh'")],
@@ -283,6 +284,7 @@ def test_numpy_scalars_are_accepted_and_stored_as_python_numbers():
         (dict(compile=True), "compile", "optimizer='adam'"),
         (dict(compile=True, optimizer="adam", algorithm="wake_sleep"), "compile", "algorithm='aevb'"),
         (dict(compile=True, optimizer="adam", decoder="gaussian"), "compile", "decoder='bernoulli'"),
+        (dict(eval_every=1000, eval_per_decade=8), "eval_every", "None when eval_per_decade is set"),
     ],
 )
 def test_fields_that_exclude_each_other(values, field, fragment):

@@ -28,6 +28,7 @@ LAYERS = (
     "analysis",
     "plotting",
     "figure2",
+    "figure3",
     "likelihoods",
     "mathml",
     "reports",

@@ -205,6 +205,20 @@ def test_hmc_log_px_thins_and_starts_from_z0():
     torch.testing.assert_close(estimate.chain.log_density, model.log_joint(x, estimate.chain.draws))
 
 
+def test_without_an_encoder_a_chain_starts_at_the_best_of_many_prior_draws():
+    """best_prior_draw returns, per row, the argmax of log p(x, z) over its n prior draws (drawn in
+    order from the generator), so its start is at least as good as any single draw."""
+    model, x = linear_model(n=5)
+    best = ml.best_prior_draw(model, x, 3, torch.Generator().manual_seed(4), n=50)
+    g = torch.Generator().manual_seed(4)
+    draws = torch.stack([torch.randn(5, 3, generator=g, dtype=F64) for _ in range(50)])  # (50, 5, 3)
+    values = torch.stack([model.log_joint(x, z) for z in draws])
+    torch.testing.assert_close(best, draws[values.argmax(0), torch.arange(5)], rtol=0, atol=0)
+    assert (model.log_joint(x, best) >= values.max(0).values).all()
+    with pytest.raises(ValueError, match="n = 0 is invalid"):
+        ml.best_prior_draw(model, x, 3, g, n=0)
+
+
 def test_chunks_give_the_same_answer(monkeypatch):
     """Chunks of 64 numbers instead of 2^22: the grid and App. D's KDE unchanged, importance sampling
     (other random numbers) still within 0.03 nats of the truth."""

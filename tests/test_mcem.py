@@ -69,10 +69,18 @@ def test_the_m_step_raises_log_p_x_given_the_sample_and_counts_its_minibatches()
     assert state.evaluations == 20 * mcem.M_STEPS * 50
 
 
-def test_an_epoch_updates_the_decoder_as_often_as_aevb_does():
-    assert mcem.iterations_per_epoch(1000, 100) == 2  # 2 x 5 updates of 100 = 1,000 datapoints
-    assert mcem.iterations_per_epoch(50_000, 100) == 100
-    assert mcem.iterations_per_epoch(30, 100) == 1
+def test_an_epoch_is_one_iteration_and_counts_what_it_evaluates():
+    assert mcem.samples_per_epoch(1000, 100) == 1000 * 11 + 5 * 100  # 11,500: HMC 11,000, M-step 500
+    assert mcem.samples_per_epoch(50_000, 100) == 550_500
+    assert mcem.samples_per_epoch(30, 100) == 30 * 11 + 5 * 30  # a minibatch never exceeds N
+    g = torch.Generator().manual_seed(0)
+    decoder = BernoulliDecoder(3, 8, 12)
+    x = torch.rand(40, 12, generator=g)
+    state = mcem.MCEMState.start(40, 3, g, torch.float32, torch.device("cpu"))
+    optimizer = torch.optim.Adagrad(decoder.parameters(), lr=0.01)
+    out = mcem.mcem_epoch(decoder, optimizer, x, state, 16, g)
+    assert out.shape == (mcem.M_STEPS, 2) and torch.equal(out[:, 1], -out[:, 0])
+    assert state.evaluations == mcem.samples_per_epoch(40, 16)
 
 
 @pytest.mark.parametrize("n_leapfrog", [1, 10])

@@ -62,3 +62,47 @@ def test_likelihood_runs_are_burdas_model_in_five_regimes():
         ValueError, match="budget = 7 is invalid: allowed one of 'paper', 'cpu', 'smoke' or a"
     ):
         presets.likelihood_configs(7)
+
+
+def test_figure3_grid_is_the_papers_at_its_budget():
+    """Two training-set sizes x AEVB, wake-sleep and MCEM, 784-100-3 on MNIST grey levels, each
+    curve just past 6e7 training samples evaluated (MCEM's HMC included), 20 evenly spaced
+    evaluations of log p(x) on 1,000 + 1,000 images."""
+    configs = presets.figure3_configs()
+    assert [(c.train_subset, c.algorithm) for c in configs] == [
+        (n, a) for n in (1000, 50_000) for a in ("aevb", "wake_sleep", "mcem")
+    ]
+    for c in configs:
+        assert (c.dataset, c.decoder, c.binarize, c.latent_dim, c.hidden_dim) == (
+            "mnist",
+            "bernoulli",
+            "none",
+            3,
+            100,
+        )
+        assert (c.init, c.optimizer, c.batch_size, c.patience, c.weight_decay) == (
+            "paper",
+            "adagrad",
+            100,
+            None,
+            1 / c.train_subset,
+        )
+        assert (c.eval_every, c.eval_marginal, c.eval_per_decade) == (3 * 10**6, 1000, None)
+        per_epoch = presets.samples_per_epoch(c)
+        assert 6 * 10**7 <= c.epochs * per_epoch < 6 * 10**7 + per_epoch
+        if c.algorithm == "mcem":  # no ELBO, no pilot: a fixed step size
+            assert c.lr_candidates is None and c.lr == presets.FIGURE3_MCEM_LR
+            assert per_epoch == c.train_subset * 11 + 500
+        else:
+            assert c.lr_candidates == list(PAPER_STEP_SIZES) and per_epoch == c.train_subset
+    assert [c.epochs for c in configs] == [60_000, 60_000, 5_218, 1_200, 1_200, 109]
+    assert presets.FIGURE3_BUDGETS["cpu"] == presets.FIGURE3_BUDGETS["paper"]
+
+
+def test_figure3_takes_one_training_set_size_and_a_budget_in_samples():
+    configs = presets.figure3_configs(20_000, train_subset=200, test_subset=50)
+    assert [(c.train_subset, c.test_subset) for c in configs] == [(200, 50)] * 3
+    assert [c.epochs for c in configs] == [100, 100, 8]  # MCEM: 200 x 11 + 5 x 100 = 2,700 per epoch
+    assert {c.eval_every for c in configs} == {1000} and configs[0].pilot_samples == 2000
+    with pytest.raises(ValueError, match="budget = 'huge' is invalid"):
+        presets.figure3_configs("huge")

@@ -40,7 +40,7 @@ from vae_utils import (
     sweep_table,
     training,
 )
-from vae_utils.config import PAPER_STEP_SIZES, TRAIN_SIZES, TrainConfig
+from vae_utils.config import NOTEBOOKS_DIR, PAPER_STEP_SIZES, TRAIN_SIZES, TrainConfig
 from vae_utils.runfiles import run_state
 
 N_TRAIN, EPOCHS = 300, 3
@@ -626,7 +626,38 @@ def test_dry_run_lists_the_figure2_grid(tmp_path, no_cluster):
     assert not list(tmp_path.iterdir())
 
 
+def test_dry_run_lists_the_figure3_grid_with_mcems_cost_and_short_names(tmp_path, no_cluster):
+    """The names add train_subset, not the epochs, weight decay and step sizes derived from it; MCEM's
+    samples count its HMC work (5,218 iterations of 1,000 x 11 + 500 datapoints)."""
+    rc, out, _ = run_main(["--preset", "figure3", "--dry-run", "--sweeps-dir", str(tmp_path)])
+    assert rc == 0 and out.startswith(
+        "[1/6] mnist_bernoulli_z3_h100_s0_train_subset-1000  60000 epochs, 6.0e7"
+    )
+    assert "[3/6] mnist_bernoulli_z3_h100_s0_mcem_train_subset-1000  5218 epochs, 6.0e7 samples" in out
+    assert "[6/6] mnist_bernoulli_z3_h100_s0_mcem_train_subset-50000  109 epochs, 6.0e7 samples" in out
+    assert "folder: " + str(tmp_path / "figure3_cpu") in out
+    # only derived fields apart: they name the points
+    a, b = TrainConfig(epochs=2), TrainConfig(epochs=3)
+    assert sweep_plan.point_names([a, b]) == [
+        "mnist_bernoulli_z2_h500_s0_epochs-2",
+        "mnist_bernoulli_z2_h500_s0_epochs-3",
+    ]
+    # MCEM's cost: its decoder passes over every evaluated datapoint
+    mcem = presets.figure3_configs()[5]
+    assert sweep_engine.point_cost(mcem) < sweep_engine.point_cost(presets.figure3_configs()[3])
+
+
 # ----------------------------------------------------------------------------- the Figure 2 report
+
+
+@pytest.mark.parametrize("preset", sorted(sweep.REPORTS))
+def test_each_presets_report_notebook_takes_the_sweep_and_a_results_path(preset):
+    from vae_utils.notebook_runner import declared_parameters
+
+    notebook, folder, title = sweep.REPORTS[preset]
+    wanted = {"sweep_dir": "sweeps/x", "results_path": "reports/x/results.json"}
+    assert declared_parameters(NOTEBOOKS_DIR / f"{notebook}.ipynb", wanted, explicit=wanted) == wanted
+    assert folder.name == preset and preset in presets.PRESETS and title
 
 
 def test_figure2_report_is_skipped_without_its_notebook(tmp_path, capsys):

@@ -219,6 +219,22 @@ def test_evaluation_due_at_log_spaced_sample_counts():
     assert evaluation_due(10**6, 10**6 - 1, 8) and not evaluation_due(10**6 + 1, 10**6, 8)
 
 
+def test_evaluation_due_at_multiples_of_eval_every():
+    """Figure 3's linear axis: an evaluation after each epoch that reaches the next multiple."""
+    n = 600
+    due = [e for e in range(1, 21) if evaluation_due(e * n, (e - 1) * n, None, every=2500)]
+    assert due == [5, 9, 13, 17]  # 3,000 >= 2,500; 5,400 >= 5,000; 7,800 >= 7,500; 10,200 >= 10,000
+    assert evaluation_due(5000, 4999, 8, every=5000) and not evaluation_due(5001, 5000, 8, every=5000)
+
+
+def test_an_evenly_spaced_run_evaluates_at_those_epochs_and_at_the_last(tmp_path, shared_data, mnist_small):
+    config = make_config(
+        tmp_path / "run", shared_data, algorithm="aevb", epochs=7, eval_every=1500, patience=None
+    )
+    run = train(config, progress=False, data=mnist_small)
+    assert run.history["samples"].tolist() == [1800, 3000, 4200]  # 600 an epoch; the last is 4,200
+
+
 def test_log_spaced_run_evaluates_at_those_epochs_and_at_the_last(tmp_path, shared_data, mnist_small):
     config = make_config(
         tmp_path / "run", shared_data, algorithm="aevb", epochs=12, eval_per_decade=3, patience=None

@@ -242,6 +242,9 @@ class TrainConfig:
         eval_per_decade: ``None`` evaluates after every epoch. An integer n evaluates only after the
             epochs at which the training samples seen first reach 10^(j/n) (j = 0, 1, ...), and
             after the last: a log-spaced curve, as Figure 2's axis, at a small cost on long runs.
+        eval_every: ``None``, or n: evaluate only after the epochs at which the training samples
+            first reach a multiple of n, and after the last: a linear axis, as Figure 3's. Not with
+            ``eval_per_decade``.
         eval_iw_samples: ``None``, or k: each evaluation also estimates the test log p(x) with k
             importance samples (Burda et al.), the history's ``test_log_px``, so that the
             log-likelihood's trend shows during training (k = 5000 is left to the analysis).
@@ -299,6 +302,7 @@ class TrainConfig:
     binarize: str = "none"
     patience: int | None = 3
     eval_per_decade: int | None = None
+    eval_every: int | None = None
     eval_iw_samples: int | None = None
     eval_marginal: int | None = None
     seed: int = 0
@@ -376,6 +380,9 @@ class TrainConfig:
             )
         check_int("patience", self.patience, 1, optional=True)
         check_int("eval_per_decade", self.eval_per_decade, 1, optional=True)
+        check_int("eval_every", self.eval_every, 1, optional=True)
+        if self.eval_every is not None and self.eval_per_decade is not None:
+            fail("eval_every", self.eval_every, "None when eval_per_decade is set (one evaluation schedule)")
         check_int("eval_iw_samples", self.eval_iw_samples, 1, optional=True)
         check_int("eval_marginal", self.eval_marginal, 1, optional=True)
         if self.algorithm == "mcem":

@@ -18,7 +18,9 @@ if TYPE_CHECKING:  # annotations only
     from vae_utils.runfiles import Run
 
 
-ALGORITHM_LABELS = {"aevb": "AEVB", "wake_sleep": "wake-sleep"}
+ALGORITHM_LABELS = {"aevb": "AEVB", "wake_sleep": "wake-sleep", "mcem": "MCEM"}
+#: One colour per algorithm in Figures 2 and 3 (the paper's red for AEVB).
+ALGORITHM_COLOURS = {"aevb": "C3", "wake_sleep": "C0", "mcem": "C2"}
 DATASET_LABELS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "frey_face": "Frey Face"}
 #: The label of the best bound of a model whose decoder ignores z (:func:`figure2_baselines`).
 Z_IGNORED = "z ignored (test)"
@@ -122,7 +124,6 @@ def plot_figure2(
     fig, axes = plt.subplots(
         len(datasets), columns, figsize=(3.2 * columns, 3.0 * len(datasets)), squeeze=False
     )
-    colours = {"aevb": "C3", "wake_sleep": "C0"}
     for r, name in enumerate(datasets):
         zs = [z for d, z in panels if d == name]
         for c, ax in enumerate(axes[r]):
@@ -132,7 +133,7 @@ def plot_figure2(
             panel = long[(long["dataset"] == name) & (long["latent_dim"] == zs[c])]
             for (algorithm, split), curve in panel.groupby(["algorithm", "split"], sort=False):
                 seeds = curve.groupby("samples")["elbo"].agg(["mean", "min", "max"])
-                colour = colours.get(algorithm, "C2")
+                colour = ALGORITHM_COLOURS[algorithm]
                 ax.plot(
                     seeds.index,
                     seeds["mean"],

@@ -1,5 +1,5 @@
-"""The experiments this project reproduces, as lists of :class:`TrainConfig`: the paper's Figure 2,
-and the likelihood comparisons of notebook 07 (Burda et al.'s Table 1 and the grey-level decoders).
+"""The experiments this project reproduces, as lists of :class:`TrainConfig`: the paper's Figures 2
+and 3, and the likelihood comparisons of notebook 07 (Burda et al.'s Table 1, grey-level decoders).
 
 A preset takes a *budget*, the number of training samples per curve (:data:`BUDGETS`), or for the
 likelihood runs a number of epochs (:data:`LIKELIHOOD_EPOCHS`), and returns every configuration with
@@ -13,6 +13,7 @@ import itertools
 import math
 from typing import Any
 
+from vae_utils import mcem
 from vae_utils.config import (
     BURDA_EPOCHS,
     DATASETS,
@@ -41,6 +42,25 @@ FIGURE2_MODELS: dict[str, dict[str, Any]] = {
 FIGURE2_ALGORITHMS = ("aevb", "wake_sleep")
 #: The paper's pilot for choosing the step size; a tenth of the budget when that is smaller.
 FIGURE2_PILOT_SAMPLES = 20_000
+
+#: Figure 3 (section 5, App. D, E): training samples evaluated per curve; the whole grid at the
+#: paper's budget fits on a 2-core CPU, so ``cpu`` is the paper's too.
+FIGURE3_BUDGETS = {"paper": 6 * 10**7, "cpu": 6 * 10**7, "smoke": 200_000}
+#: Its two panels' training sets (the first N images of MNIST's training file), model and methods.
+FIGURE3_TRAIN_SIZES = (1000, 50_000)
+FIGURE3_MODEL: dict[str, Any] = {
+    "dataset": "mnist",
+    "decoder": "bernoulli",
+    "latent_dim": 3,
+    "hidden_dim": 100,
+}
+FIGURE3_ALGORITHMS = (*FIGURE2_ALGORITHMS, "mcem")
+#: App. E: log p(x) "on the first 1000 datapoints from the train and test sets"; evaluated this many
+#: times along each curve, evenly in training samples (the figure's axis is linear).
+FIGURE3_EVAL_IMAGES = 1000
+FIGURE3_EVALUATIONS = 20
+#: MCEM's Adagrad step size: it has no ELBO for the pilot (docs/methods.md says how it was chosen).
+FIGURE3_MCEM_LR = 0.1
 
 #: Epochs of Burda et al.'s schedule per budget: ``paper`` is theirs (3,280); ``cpu`` keeps the eight
 #: stages shrunk to 1/40, what fits in about an hour on a 2-core CPU; ``smoke`` is a quick check.
@@ -74,6 +94,13 @@ def n_train(dataset: str, train_subset: int | None = None) -> int:
     """The number of training images a run of ``dataset`` sees in one epoch."""
     size = TRAIN_SIZES[dataset]
     return size if train_subset is None else min(train_subset, size)
+
+
+def samples_per_epoch(config: TrainConfig) -> int:
+    """Training samples one epoch of ``config`` evaluates: N for AEVB and wake-sleep, N (10 + 1) +
+    5M for an MCEM iteration (:func:`vae_utils.mcem.samples_per_epoch`)."""
+    n = n_train(config.dataset, config.train_subset)
+    return mcem.samples_per_epoch(n, config.batch_size) if config.algorithm == "mcem" else n
 
 
 def budget_samples(budget: str | int | float, dataset: str) -> int:
@@ -146,6 +173,61 @@ def figure2_configs(
     return configs
 
 
+def figure3_configs(
+    budget: str | int | float = "cpu",
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+    **overrides: Any,
+) -> list[TrainConfig]:
+    """The paper's Figure 3 grid: N_train = 1,000 and 50,000 (or ``train_subset`` alone) x AEVB,
+    wake-sleep and Monte Carlo EM, 6 configurations in the figure's order.
+
+    MNIST grey levels, Bernoulli decoder, 784-100-3, Figure 2's protocol (N(0, 0.01^2) init, weight
+    decay 1/N, Adagrad, M = 100, L = 1, the step-size pilot for AEVB and wake-sleep;
+    :data:`FIGURE3_MCEM_LR` for MCEM), ``budget`` training samples evaluated per curve
+    (:data:`FIGURE3_BUDGETS`, or a number), and :data:`FIGURE3_EVALUATIONS` evenly spaced
+    evaluations of log p(x) on the first 1,000 training and test images (``eval_marginal``).
+    ``overrides`` (any TrainConfig field) are applied last and win.
+    """
+    if isinstance(budget, str) and budget in FIGURE3_BUDGETS:
+        samples = FIGURE3_BUDGETS[budget]
+    else:
+        samples = budget_samples(budget, "mnist")
+    configs = []
+    for size, algorithm in itertools.product(
+        FIGURE3_TRAIN_SIZES if train_subset is None else (train_subset,), FIGURE3_ALGORITHMS
+    ):
+        check_int("train_subset", size, 1)
+        common = dict(
+            FIGURE3_MODEL,
+            algorithm=algorithm,
+            init="paper",
+            weight_decay=paper_weight_decay("mnist", size),
+            optimizer="adagrad",
+            batch_size=100,
+            n_samples=1,
+            kl="analytic",
+            patience=None,
+            eval_every=math.ceil(samples / FIGURE3_EVALUATIONS),
+            eval_marginal=FIGURE3_EVAL_IMAGES,
+            train_subset=size,
+            test_subset=test_subset,
+        )
+        if algorithm == "mcem":
+            method = dict(
+                lr=FIGURE3_MCEM_LR,
+                epochs=math.ceil(samples / mcem.samples_per_epoch(n_train("mnist", size), 100)),
+            )
+        else:
+            method = dict(
+                lr_candidates=list(PAPER_STEP_SIZES),
+                pilot_samples=min(FIGURE2_PILOT_SAMPLES, max(1, samples // 10)),
+                epochs=math.ceil(samples / n_train("mnist", size)),
+            )
+        configs.append(TrainConfig(**{**common, **method, **overrides}))
+    return configs
+
+
 def likelihood_configs(
     budget: str | int | float = "cpu",
     train_subset: int | None = None,
@@ -192,4 +274,4 @@ def likelihood_configs(
 
 
 #: The presets the sweep offers: name -> function(budget, train_subset, test_subset, **overrides).
-PRESETS = {"figure2": figure2_configs, "likelihoods": likelihood_configs}
+PRESETS = {"figure2": figure2_configs, "figure3": figure3_configs, "likelihoods": likelihood_configs}

@@ -30,6 +30,7 @@ STYLESHEET = "jupyterlab.css"
 KEY_FIGURES = {
     "05_latent_manifold": "plot_manifold(",
     "06_figure2": "plot_figure2(",
+    "08_figure3": "plot_figure3(curves)",
     "07_likelihoods": "plot_nll_trend(",
 }
 THUMBNAIL = "thumbnail.png"

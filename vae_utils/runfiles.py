@@ -40,6 +40,8 @@ HISTORY_COLUMNS = (
     "test_log_px",  # importance-weighted test log p(x) with config.eval_iw_samples samples (else NaN)
     "train_log_px_hmc",  # log p(x) by App. D's estimator on config.eval_marginal training images (else NaN)
     "test_log_px_hmc",  # the same on as many test images (Figure 3)
+    "train_log_px_hmc_is",  # importance sampling from a Student-t fitted to the same HMC draws (else NaN)
+    "test_log_px_hmc_is",  # the same on the test images: with *_hmc, it brackets log p(x)
 )
 TB_DIR = "tb"  # a folder: the TensorBoard event files
 LIKELIHOOD_CACHE = "likelihood_cache.json"  # log p(x) estimates of the run's model (analysis.py)

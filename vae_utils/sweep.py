@@ -29,7 +29,7 @@ from vae_utils.config import (
 )
 from vae_utils.index_page import write_index
 from vae_utils.notebook_runner import NotebookError, declared_parameters, run_notebook
-from vae_utils.presets import BUDGETS, PRESETS, n_train
+from vae_utils.presets import BUDGETS, PRESETS, samples_per_epoch
 from vae_utils.reports import THUMBNAIL, finalize_report
 from vae_utils.results import RESULTS_FILE, headline, read_results
 from vae_utils.runfiles import read_json, run_state, timestamp, write_json
@@ -57,6 +57,11 @@ REPORTS = {
         "06_figure2",
         REPORTS_DIR / "figure2",
         "Figure 2: AEVB against wake-sleep, test ELBO against training samples",
+    ),
+    "figure3": (
+        "08_figure3",
+        REPORTS_DIR / "figure3",
+        "Figure 3: AEVB, wake-sleep and Monte Carlo EM, estimated marginal likelihood",
     ),
     "likelihoods": (
         "07_likelihoods",
@@ -178,8 +183,8 @@ def write_report(
     reports_dir: str | Path | None = None,
     notebooks_dir: str | Path = NOTEBOOKS_DIR,
 ) -> Path | None:
-    """Execute the ``preset``'s analysis notebook (:data:`REPORTS`: 06_figure2 or 07_likelihoods) with
-    ``sweep_dir`` into ``reports_dir`` (default ``reports/figure2/`` or ``reports/likelihoods/``),
+    """Execute the ``preset``'s analysis notebook (:data:`REPORTS`: 06_figure2, 08_figure3 or
+    07_likelihoods) with ``sweep_dir`` into ``reports_dir`` (default ``reports/<preset>/``),
     export its HTML, write the folder's ``report.json`` and rebuild ``reports/index.html``.
 
     Returns the executed notebook, or None (with a message) when the notebook does not exist.
@@ -325,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     if args.dry_run:
         for i, (point, config) in enumerate(plan.points.items(), 1):
-            samples = config.epochs * n_train(config.dataset, config.train_subset)
+            samples = config.epochs * samples_per_epoch(config)
             print(
                 f"[{i:>{len(str(len(plan.points)))}}/{len(plan.points)}] {point}  {config.epochs} epochs, "
                 f"{short_count(samples)} samples",

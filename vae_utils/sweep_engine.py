@@ -23,7 +23,7 @@ import pandas as pd
 from vae_utils.config import NOTEBOOKS_DIR, TrainConfig, display_path
 from vae_utils.data import IMAGE_SHAPES
 from vae_utils.notebook_runner import NotebookFailed, run_notebook
-from vae_utils.presets import n_train
+from vae_utils.presets import n_train, samples_per_epoch
 from vae_utils.runfiles import RunLocked, existing_run_files, lock_run_dir, read_json, timestamp, write_json
 from vae_utils.sweep_plan import SweepError, SweepPlan
 from vae_utils.sweep_table import write_sweep_table
@@ -132,13 +132,18 @@ def point_cost(config: TrainConfig) -> float:
     Each step costs :data:`STEP_SECONDS` plus its multiply-adds at :data:`MULTIPLY_ADDS_PER_SECOND`:
     M x (one forward pass of the encoder + L of the decoder) x 3 for AEVB (forward and backward), x 4
     for wake-sleep (each phase runs one network forward only and the other forward and backward).
-    The Gaussian decoder has two outputs per pixel. The sweep submits the costliest points first.
+    The Gaussian decoder has two outputs per pixel. MCEM: each datapoint evaluated costs a decoder
+    pass forward and backward, and each of its 16 vectorised steps per epoch the overhead. The
+    sweep submits the costliest points first.
     """
     h, z, extra = config.hidden_dim, config.latent_dim, (config.hidden_layers - 1) * config.hidden_dim**2
     pixels = math.prod(IMAGE_SHAPES[config.dataset])
     outputs = 2 * pixels if config.decoder == "gaussian" else pixels
     encoder = pixels * h + extra + h * 2 * z
     decoder = z * h + extra + h * outputs
+    if config.algorithm == "mcem":
+        work = config.epochs * samples_per_epoch(config) * 3 * decoder / MULTIPLY_ADDS_PER_SECOND
+        return work + config.epochs * 16 * STEP_SECONDS
     passes = 4 if config.algorithm == "wake_sleep" else 3
     multiply_adds = config.batch_size * passes * (encoder + config.n_samples * decoder)
     steps = config.epochs * math.ceil(n_train(config.dataset, config.train_subset) / config.batch_size)
@@ -411,14 +416,14 @@ def _report_progress(plan: SweepPlan, point: str, seen: dict) -> bool:
     if history is None or rows == 0:
         say(plan, point, "running")
     else:
-        total = config.epochs * n_train(config.dataset, config.train_subset)
+        total = config.epochs * samples_per_epoch(config)
         last = history.iloc[-1]
-        say(
-            plan,
-            point,
-            f"running at {short_count(last['samples'])}/{short_count(total)} samples, "
-            f"test ELBO {last['test_elbo']:.1f}",
+        score = (
+            f"test log p(x) by HMC {last['test_log_px_hmc']:.1f}"
+            if config.algorithm == "mcem"
+            else f"test ELBO {last['test_elbo']:.1f}"
         )
+        say(plan, point, f"running at {short_count(last['samples'])}/{short_count(total)} samples, {score}")
     return True
 
 

@@ -30,6 +30,9 @@ from vae_utils.runfiles import RunLocked, lock_run_dir
 
 #: The fields that TrainConfig.name already spells out; other axes are added to a point's name.
 NAMED_FIELDS = ("dataset", "decoder", "latent_dim", "hidden_dim", "hidden_layers", "seed", "algorithm")
+#: Fields a preset derives from others (the training set's size, the algorithm, the budget): a name
+#: adds them only when nothing else tells two points apart.
+DERIVED_FIELDS = ("epochs", "weight_decay", "lr", "lr_candidates", "pilot_samples", "eval_every")
 
 
 class SweepError(RuntimeError):
@@ -164,20 +167,21 @@ def _slug(value: Any) -> str:
 def point_names(configs: Sequence[TrainConfig], axes: Sequence[str] = ()) -> list[str]:
     """Short, unique, filesystem-safe names: ``config.name`` plus ``_<field>-<value>`` for each of
     ``axes`` that the name does not say, and for any field that differs between configs that would
-    otherwise share a name. Raises ``ValueError`` for duplicate points."""
+    otherwise share a name (only the :data:`DERIVED_FIELDS` when nothing else differs). Raises
+    ``ValueError`` for duplicate points."""
     groups: dict[str, list[dict]] = {}
     for config in configs:
         groups.setdefault(config.name, []).append(config.to_dict())
     declared = [a for a in axes if a not in NAMED_FIELDS]
-    extra = {
-        name: [
+    extra = {}
+    for name, members in groups.items():
+        differ = [
             f
             for f in FIELDS
-            if f in declared
-            or (f not in NAMED_FIELDS and f != "run_dir" and len({json.dumps(m[f]) for m in members}) > 1)
+            if f not in NAMED_FIELDS and f != "run_dir" and len({json.dumps(m[f]) for m in members}) > 1
         ]
-        for name, members in groups.items()
-    }
+        primary = [f for f in differ if f not in DERIVED_FIELDS]
+        extra[name] = [f for f in FIELDS if f in declared or f in (primary or differ)]
     names = [
         config.name + "".join(f"_{f}-{_slug(getattr(config, f))}" for f in extra[config.name])
         for config in configs

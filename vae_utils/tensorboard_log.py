@@ -35,6 +35,8 @@ SCALAR_TAGS = {
     "test_log_px": "log_px/test",
     "train_log_px_hmc": "log_px_hmc/train",
     "test_log_px_hmc": "log_px_hmc/test",
+    "train_log_px_hmc_is": "log_px_hmc_is/train",
+    "test_log_px_hmc_is": "log_px_hmc_is/test",
 }
 LR_TAG = "lr"  # the step size of the epoch just evaluated (Burda's schedule changes it)
 RECONSTRUCTIONS_TAG = "images/reconstructions"  # N_IMAGES test images (top row), their reconstructions

@@ -439,6 +439,32 @@ def test_history_csv_matches_returned_history(finished_run):
 # ----------------------------------------------------------------------------- the compiled step
 
 
+def test_compiled_step_lifts_dynamos_recompile_limit_and_never_falls_back_silently():
+    """Each model shape and batch size is a graph of its own: the step runs with dynamo's limit of 8
+    graphs per function raised to RECOMPILE_LIMIT, and with a limit hit an error rather than a quiet
+    fall-back to the eager step; outside the step dynamo's settings are left as they were."""
+    from vae_utils import compiled_step
+
+    seen = {}
+
+    def fake_step(*args):
+        config = torch._dynamo.config
+        seen.update(limit=config.recompile_limit, fail=config.fail_on_recompile_limit_hit)
+        return torch.tensor(0.0), torch.tensor(0.0)
+
+    before = (torch._dynamo.config.recompile_limit, torch._dynamo.config.fail_on_recompile_limit_hit)
+    config = TrainConfig(latent_dim=2, hidden_dim=8, optimizer="adam", compile=True, device="cpu")
+    model = VAE.from_config(config, 12)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    compiled_step.compiled_train_step(
+        model, optimizer, torch.rand(5, 12), config, torch.Generator().manual_seed(0), step=fake_step
+    )
+    assert (
+        seen == {"limit": compiled_step.RECOMPILE_LIMIT, "fail": True} and compiled_step.RECOMPILE_LIMIT > 8
+    )
+    assert (torch._dynamo.config.recompile_limit, torch._dynamo.config.fail_on_recompile_limit_hit) == before
+
+
 def test_compiled_step_matches_eager_and_resumes_exactly(tmp_path, shared_data, mnist_small, monkeypatch):
     """compile=True runs each step as one torch.compile'd graph. From the same state and generator
     one step gives the eager step's ELBO and parameters to float rounding and the same optimizer

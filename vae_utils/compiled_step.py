@@ -81,6 +81,11 @@ def adam_step(
 
 
 _compiled_adam_step: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
+#: Graphs one process may compile for the step (one per model shape, batch size and option set: an
+#: epoch's last, partial minibatch is a shape of its own). Dynamo's default of 8 would let a sweep
+#: worker or a notebook that trains several shapes fall back to the eager step after the 8th, with
+#: only a log warning; past this limit the step raises instead.
+RECOMPILE_LIMIT = 256
 
 
 def compiled_train_step(
@@ -126,19 +131,20 @@ def compiled_train_step(
     t = states[0]["step"].item() + 1  # the step about to be taken (a CPU tensor: no sync)
     beta1, beta2 = group["betas"]
     coefs = torch.tensor([group["lr"] / (1 - beta1**t), math.sqrt(1 - beta2**t)], dtype=x.dtype)
-    return step(
-        params,
-        [s["exp_avg"] for s in states],
-        [s["exp_avg_sq"] for s in states],
-        [s["step"] for s in states],
-        coefs,
-        x,
-        eps,
-        len(list(model.encoder.parameters())),
-        config.activation,
-        config.kl,
-        beta1,
-        beta2,
-        group["eps"],
-        group["weight_decay"],
-    )
+    with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True):
+        return step(
+            params,
+            [s["exp_avg"] for s in states],
+            [s["exp_avg_sq"] for s in states],
+            [s["step"] for s in states],
+            coefs,
+            x,
+            eps,
+            len(list(model.encoder.parameters())),
+            config.activation,
+            config.kl,
+            beta1,
+            beta2,
+            group["eps"],
+            group["weight_decay"],
+        )

@@ -8,7 +8,8 @@ from vae_utils.config import BURDA_EPOCHS, PAPER_STEP_SIZES
 
 def test_figure2_grid_is_the_papers():
     configs = presets.figure2_configs("cpu")
-    assert len(configs) == 18
+    assert len(configs) == 54 and [c.seed for c in configs] == [0] * 18 + [1] * 18 + [2] * 18
+    assert [c.seed for c in presets.figure2_configs("cpu", seed=4)] == [4] * 18  # one seed, as asked
     panels = {(c.dataset, c.latent_dim) for c in configs}
     assert panels == {("mnist", z) for z in (3, 5, 10, 20, 200)} | {("frey_face", z) for z in (2, 5, 10, 20)}
     assert all(

@@ -512,7 +512,7 @@ def test_overwrite_deletes_the_sweeps_points_and_says_so(tmp_path, capsys):
 
 def test_figure2_configs_follow_the_paper():
     configs = presets.figure2_configs("cpu")
-    assert len(configs) == 18
+    assert len(configs) == 54  # 18 curves x seeds 0, 1 and 2
     mnist = [c for c in configs if c.dataset == "mnist"]
     frey = [c for c in configs if c.dataset == "frey_face"]
     assert sorted({c.latent_dim for c in mnist}) == [3, 5, 10, 20, 200]
@@ -538,7 +538,7 @@ def test_figure2_configs_follow_the_paper():
         ) == ("paper", "adagrad", list(PAPER_STEP_SIZES), 20_000, 100, 1, "analytic", None, 8)
     names = sweep_plan.point_names(configs)
     assert names[:2] == ["mnist_bernoulli_z3_h500_s0", "mnist_bernoulli_z3_h500_s0_ws"]
-    assert len(set(names)) == 18
+    assert len(set(names)) == 54 and names[-1] == "frey_face_gaussian_z20_h200_s2_ws"
     assert {c.epochs for c in presets.figure2_configs("paper") if c.dataset == "mnist"} == {1667}
 
 
@@ -620,8 +620,8 @@ def test_longest_points_first_and_progress_numbers():
 
 def test_dry_run_lists_the_figure2_grid(tmp_path, no_cluster):
     rc, out, _ = run_main(["--preset", "figure2", "--dry-run", "--sweeps-dir", str(tmp_path)])
-    assert rc == 0 and out.startswith("[ 1/18] mnist_bernoulli_z3_h500_s0  50 epochs, 3.0e6 samples")
-    assert "[18/18] frey_face_gaussian_z20_h200_s0_ws  5666 epochs, 1.0e7 samples" in out
+    assert rc == 0 and out.startswith("[ 1/54] mnist_bernoulli_z3_h500_s0  50 epochs, 3.0e6 samples")
+    assert "[54/54] frey_face_gaussian_z20_h200_s2_ws  5666 epochs, 1.0e7 samples" in out
     assert "folder: " + str(tmp_path / "figure2_cpu") in out
     assert not list(tmp_path.iterdir())
 

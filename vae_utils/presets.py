@@ -40,6 +40,8 @@ FIGURE2_MODELS: dict[str, dict[str, Any]] = {
 }
 #: Figure 2 compares these two (Figure 3 adds Monte Carlo EM).
 FIGURE2_ALGORITHMS = ("aevb", "wake_sleep")
+#: Seeds per Figure 2 curve: the curve is their mean, their range a band (notebook 06).
+FIGURE2_SEEDS = (0, 1, 2)
 #: The paper's pilot for choosing the step size; a tenth of the budget when that is smaller.
 FIGURE2_PILOT_SAMPLES = 20_000
 
@@ -136,7 +138,8 @@ def figure2_configs(
     test_subset: int | None = None,
     **overrides: Any,
 ) -> list[TrainConfig]:
-    """The paper's Figure 2 grid: 18 configurations, in the figure's order.
+    """The paper's Figure 2 grid: 18 configurations in the figure's order, for each of
+    :data:`FIGURE2_SEEDS` (54; a ``seed`` override gives one seed's 18).
 
     MNIST (Bernoulli decoder, 500 hidden units) with N_z = 3, 5, 10, 20, 200 and Frey Face (Gaussian
     decoder with a sigmoid mean, 200 hidden units) with N_z = 2, 5, 10, 20, each trained with AEVB
@@ -146,30 +149,33 @@ def figure2_configs(
     log-spaced evaluations per decade of training samples. ``epochs`` = ceil(budget / n_train).
     ``overrides`` (any TrainConfig field) are applied last and win, ``epochs`` included.
     """
+    seeds = (overrides.pop("seed"),) if "seed" in overrides else FIGURE2_SEEDS
     configs = []
-    for dataset, latents in FIGURE2_LATENTS.items():
-        samples = budget_samples(budget, dataset)
-        for latent_dim, algorithm in itertools.product(latents, FIGURE2_ALGORITHMS):
-            values = dict(
-                dataset=dataset,
-                latent_dim=latent_dim,
-                algorithm=algorithm,
-                **FIGURE2_MODELS[dataset],
-                init="paper",
-                weight_decay=paper_weight_decay(dataset, train_subset),
-                optimizer="adagrad",
-                lr_candidates=list(PAPER_STEP_SIZES),
-                pilot_samples=min(FIGURE2_PILOT_SAMPLES, max(1, samples // 10)),
-                batch_size=100,
-                n_samples=1,
-                kl="analytic",
-                patience=None,
-                eval_per_decade=8,
-                epochs=budget_epochs(samples, dataset, train_subset),
-                train_subset=train_subset,
-                test_subset=test_subset,
-            )
-            configs.append(TrainConfig(**{**values, **overrides}))
+    for seed in seeds:
+        for dataset, latents in FIGURE2_LATENTS.items():
+            samples = budget_samples(budget, dataset)
+            for latent_dim, algorithm in itertools.product(latents, FIGURE2_ALGORITHMS):
+                values = dict(
+                    dataset=dataset,
+                    latent_dim=latent_dim,
+                    algorithm=algorithm,
+                    **FIGURE2_MODELS[dataset],
+                    init="paper",
+                    weight_decay=paper_weight_decay(dataset, train_subset),
+                    optimizer="adagrad",
+                    lr_candidates=list(PAPER_STEP_SIZES),
+                    pilot_samples=min(FIGURE2_PILOT_SAMPLES, max(1, samples // 10)),
+                    batch_size=100,
+                    n_samples=1,
+                    kl="analytic",
+                    patience=None,
+                    eval_per_decade=8,
+                    epochs=budget_epochs(samples, dataset, train_subset),
+                    train_subset=train_subset,
+                    test_subset=test_subset,
+                    seed=seed,
+                )
+                configs.append(TrainConfig(**{**values, **overrides}))
     return configs
 
 

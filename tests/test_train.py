@@ -465,12 +465,21 @@ def test_compiled_step_lifts_dynamos_recompile_limit_and_never_falls_back_silent
     assert (torch._dynamo.config.recompile_limit, torch._dynamo.config.fail_on_recompile_limit_hit) == before
 
 
-def test_compiled_step_matches_eager_and_resumes_exactly(tmp_path, shared_data, mnist_small, monkeypatch):
+COMPILED_OPTIMIZERS = {
+    "adam": dict(optimizer="adam", lr=1e-3, adam_eps=1e-4, hidden_layers=2, epochs=4),
+    "adagrad": dict(optimizer="adagrad", lr=0.02, weight_decay=1e-3, init="paper", epochs=4),  # Figure 2's
+}
+
+
+@pytest.mark.parametrize("optimizer", COMPILED_OPTIMIZERS)
+def test_compiled_step_matches_eager_and_resumes_exactly(
+    optimizer, tmp_path, shared_data, mnist_small, monkeypatch
+):
     """compile=True runs each step as one torch.compile'd graph. From the same state and generator
     one step gives the eager step's ELBO and parameters to float rounding and the same optimizer
     state keys; two compiled runs give identical histories; a compiled run interrupted in epoch 3
     and resumed equals the uninterrupted one; an eager run's checkpoint resumes with compile=True."""
-    values = dict(optimizer="adam", lr=1e-3, adam_eps=1e-4, hidden_layers=2, epochs=4)
+    values = COMPILED_OPTIMIZERS[optimizer]
     results = []
     for compile in (False, True):
         config = make_config(tmp_path / f"step{compile}", shared_data, compile=compile, **values)

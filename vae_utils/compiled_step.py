@@ -1,7 +1,8 @@
-"""The compiled training step: AEVB with the Bernoulli decoder and Adam as one graph (forward,
-backward and update; torch.func traced by torch.compile into inductor's C++ kernels), 1.6-1.8x
-faster epochs on a CPU at small minibatches (docs/speed.md). Checkpoints are interchangeable with
-the eager step's (:func:`vae_utils.steps.train_step`), and results agree to float rounding.
+"""The compiled training step: AEVB with the Bernoulli decoder and Adam or Adagrad as one graph
+(forward, backward and update; torch.func traced by torch.compile into inductor's C++ kernels),
+1.6-1.8x faster epochs on a CPU at small minibatches (docs/speed.md). Checkpoints are
+interchangeable with the eager step's (:func:`vae_utils.steps.train_step`), and results agree to
+float rounding.
 """
 
 from __future__ import annotations
@@ -80,7 +81,34 @@ def adam_step(
     return -loss.detach(), loss.detach()
 
 
-_compiled_adam_step: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
+def adagrad_step(
+    params: list[torch.Tensor],
+    sums: list[torch.Tensor],
+    steps: list[torch.Tensor],
+    lr: torch.Tensor,
+    x: torch.Tensor,
+    eps: torch.Tensor,
+    n_enc: int,
+    activation: str,
+    kl: str,
+    adagrad_eps: float,
+    weight_decay: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, backward and torch.optim.Adagrad's update (in place, lr_decay 0, the paper's
+    optimizer): sum += g^2, p -= lr g / (sqrt(sum) + eps); returns (ELBO, loss)."""
+    grads, loss = torch.func.grad_and_value(_functional_neg_elbo)(params, n_enc, x, eps, activation, kl)
+    with torch.no_grad():
+        torch._foreach_add_(steps, 1)
+        for p, g, total in zip(params, grads, sums, strict=True):
+            if weight_decay:
+                g = g + weight_decay * p
+            total.addcmul_(g, g)
+            p.sub_(lr * g / (total.sqrt() + adagrad_eps))
+    return -loss.detach(), loss.detach()
+
+
+#: The compiled steps, one per optimizer, each compiled once per process on its first use.
+_compiled: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {}
 #: Graphs one process may compile for the step (one per model shape, batch size and option set: an
 #: epoch's last, partial minibatch is a shape of its own). Dynamo's default of 8 would let a sweep
 #: worker or a notebook that trains several shapes fall back to the eager step after the 8th, with
@@ -96,25 +124,27 @@ def compiled_train_step(
     generator: torch.Generator,
     step: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`train_step` for AEVB with the Bernoulli decoder and Adam, as one compiled graph.
+    """:func:`train_step` for AEVB with the Bernoulli decoder and Adam or Adagrad, as one compiled graph.
 
-    ``step`` is the compiled :func:`adam_step` to call; by default one compiled with inductor's C++
-    wrapper, once per process (the benchmark passes others, compiled with other options).
+    ``step`` is the compiled :func:`adam_step` or :func:`adagrad_step` to call; by default one
+    compiled with inductor's C++ wrapper, once per process (the benchmark passes others).
 
     The same arguments, return value and random numbers (one ``torch.randn`` for eps from
     ``generator``, as :func:`vae_utils.loss.reparameterize` draws it); it updates the parameters
-    and ``optimizer``'s own state (step, exp_avg, exp_avg_sq), so checkpoints are interchangeable
-    with the eager step's. Results agree with the eager step's to float rounding (~1e-7), are
-    reproducible run to run and resume exactly. The first call compiles (seconds with inductor's
-    cache warm, up to a minute cold); each new model shape or batch size compiles once more.
+    and ``optimizer``'s own state (Adam: step, exp_avg, exp_avg_sq; Adagrad: step, sum), so
+    checkpoints are interchangeable with the eager step's. Results agree with the eager step's to
+    float rounding (~1e-7), are reproducible run to run and resume exactly. The first call compiles
+    (seconds with inductor's cache warm, up to a minute cold); each new model shape or batch size
+    compiles once more.
     """
-    global _compiled_adam_step
+    kind = "adagrad" if isinstance(optimizer, torch.optim.Adagrad) else "adam"
     if step is None:
-        if _compiled_adam_step is None:
-            _compiled_adam_step = torch.compile(
-                adam_step, fullgraph=True, dynamic=False, options={"cpp_wrapper": True}
+        if kind not in _compiled:
+            function = adagrad_step if kind == "adagrad" else adam_step
+            _compiled[kind] = torch.compile(
+                function, fullgraph=True, dynamic=False, options={"cpp_wrapper": True}
             )
-        step = _compiled_adam_step
+        step = _compiled[kind]
     (group,) = optimizer.param_groups
     params = [*model.encoder.parameters(), *model.decoder.parameters()]
     states = []
@@ -128,23 +158,17 @@ def compiled_train_step(
     eps = torch.randn(
         (config.n_samples, len(x), model.latent_dim), generator=generator, device=x.device, dtype=x.dtype
     )
-    t = states[0]["step"].item() + 1  # the step about to be taken (a CPU tensor: no sync)
-    beta1, beta2 = group["betas"]
-    coefs = torch.tensor([group["lr"] / (1 - beta1**t), math.sqrt(1 - beta2**t)], dtype=x.dtype)
+    common = (x, eps, len(list(model.encoder.parameters())), config.activation, config.kl)
     with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True):
+        if kind == "adagrad":
+            lr = torch.tensor(group["lr"], dtype=x.dtype)  # a tensor: a new lr needs no new graph
+            sums, counts = [s["sum"] for s in states], [s["step"] for s in states]
+            return step(params, sums, counts, lr, *common, group["eps"], group["weight_decay"])
+        t = states[0]["step"].item() + 1  # the step about to be taken (a CPU tensor: no sync)
+        beta1, beta2 = group["betas"]
+        coefs = torch.tensor([group["lr"] / (1 - beta1**t), math.sqrt(1 - beta2**t)], dtype=x.dtype)
+        moments = ([s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states])
+        counts = [s["step"] for s in states]
         return step(
-            params,
-            [s["exp_avg"] for s in states],
-            [s["exp_avg_sq"] for s in states],
-            [s["step"] for s in states],
-            coefs,
-            x,
-            eps,
-            len(list(model.encoder.parameters())),
-            config.activation,
-            config.kl,
-            beta1,
-            beta2,
-            group["eps"],
-            group["weight_decay"],
+            params, *moments, counts, coefs, *common, beta1, beta2, group["eps"], group["weight_decay"]
         )

@@ -468,18 +468,21 @@ def test_compiled_step_lifts_dynamos_recompile_limit_and_never_falls_back_silent
 COMPILED_OPTIMIZERS = {
     "adam": dict(optimizer="adam", lr=1e-3, adam_eps=1e-4, hidden_layers=2, epochs=4),
     "adagrad": dict(optimizer="adagrad", lr=0.02, weight_decay=1e-3, init="paper", epochs=4),  # Figure 2's
+    "wake-sleep": dict(
+        algorithm="wake_sleep", optimizer="adagrad", lr=0.02, weight_decay=1e-3, init="paper", epochs=4
+    ),
 }
 
 
-@pytest.mark.parametrize("optimizer", COMPILED_OPTIMIZERS)
+@pytest.mark.parametrize("path", COMPILED_OPTIMIZERS)
 def test_compiled_step_matches_eager_and_resumes_exactly(
-    optimizer, tmp_path, shared_data, mnist_small, monkeypatch
+    path, tmp_path, shared_data, mnist_small, monkeypatch
 ):
     """compile=True runs each step as one torch.compile'd graph. From the same state and generator
     one step gives the eager step's ELBO and parameters to float rounding and the same optimizer
     state keys; two compiled runs give identical histories; a compiled run interrupted in epoch 3
     and resumed equals the uninterrupted one; an eager run's checkpoint resumes with compile=True."""
-    values = COMPILED_OPTIMIZERS[optimizer]
+    values = COMPILED_OPTIMIZERS[path]
     results = []
     for compile in (False, True):
         config = make_config(tmp_path / f"step{compile}", shared_data, compile=compile, **values)
@@ -493,8 +496,13 @@ def test_compiled_step_matches_eager_and_resumes_exactly(
     (eager_out, eager_model, eager_opt), (comp_out, comp_model, comp_opt) = results
     torch.testing.assert_close(comp_out[0], eager_out[0], rtol=1e-5, atol=0)
     torch.testing.assert_close(comp_out[1], eager_out[1], rtol=1e-5, atol=0)
-    for p, q in zip(eager_model.parameters(), comp_model.parameters(), strict=True):
+    for p, q in zip(eager_model.decoder.parameters(), comp_model.decoder.parameters(), strict=True):
         torch.testing.assert_close(q, p, rtol=0, atol=1e-6)
+    # wake-sleep's encoder steps on fantasies x~ = [u < y]: a last-bit difference in y can flip a
+    # pixel (about one chance in 100 per step here), moving an Adagrad update by up to 2 lr
+    encoder_atol = 0.05 if path == "wake-sleep" else 1e-6
+    for p, q in zip(eager_model.encoder.parameters(), comp_model.encoder.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=0, atol=encoder_atol)
     eager_state, comp_state = eager_opt.state_dict()["state"], comp_opt.state_dict()["state"]
     assert eager_state.keys() == comp_state.keys()
     assert all(eager_state[k].keys() == comp_state[k].keys() for k in eager_state)
@@ -529,10 +537,15 @@ def test_compiled_step_matches_eager_and_resumes_exactly(
     assert state_dicts_equal(resumed.model.state_dict(), full.model.state_dict())
 
     # an eager run's checkpoint goes on compiled (compile is a placement field)
-    def interrupt(_):
-        raise Interrupted
+    eager_step, eager_calls = S.train_step, {"n": 0}
 
-    wrap_elbo(monkeypatch, 2 * N_BATCHES + 2, interrupt)
+    def interrupt(*args, **kwargs):
+        eager_calls["n"] += 1
+        if eager_calls["n"] == 2 * N_BATCHES + 2:
+            raise Interrupted
+        return eager_step(*args, **kwargs)
+
+    monkeypatch.setattr(S, "train_step", interrupt)
     with pytest.raises(Interrupted):
         train(make_config(tmp_path / "switch", shared_data, **values), progress=False, data=mnist_small)
     monkeypatch.undo()
@@ -543,4 +556,7 @@ def test_compiled_step_matches_eager_and_resumes_exactly(
         data=mnist_small,
     )
     assert switched.history["epoch"].tolist() == [1, 2, 3, 4]
-    assert (switched.history["test_elbo"] - full.history["test_elbo"]).abs().max() < 0.05
+    # wake-sleep's fantasies threshold u < sigmoid(logits): a last-bit difference flips a pixel, and
+    # from there its curve differs from the eager one as another seed's would, by a little
+    tolerance = 1.0 if path == "wake-sleep" else 0.05
+    assert (switched.history["test_elbo"] - full.history["test_elbo"]).abs().max() < tolerance

@@ -1,6 +1,6 @@
-"""The compiled training step: AEVB with the Bernoulli decoder and Adam or Adagrad as one graph
-(forward, backward and update; torch.func traced by torch.compile into inductor's C++ kernels),
-1.6-1.8x faster epochs on a CPU at small minibatches (docs/speed.md). Checkpoints are
+"""The compiled training step: AEVB or wake-sleep with the Bernoulli decoder, and Adam or Adagrad,
+as one graph (forward, backward and update; torch.func traced by torch.compile into inductor's C++
+kernels), 1.6-1.8x faster epochs on a CPU at small minibatches (docs/speed.md). Checkpoints are
 interchangeable with the eager step's (:func:`vae_utils.steps.train_step`), and results agree to
 float rounding.
 """
@@ -21,6 +21,12 @@ from vae_utils.loss import (
 )
 from vae_utils.model import VAE
 
+#: Graphs one process may compile for the step (one per model shape, batch size and option set: an
+#: epoch's last, partial minibatch is a shape of its own). Dynamo's default of 8 would let a sweep
+#: worker or a notebook that trains several shapes fall back to the eager step after the 8th, with
+#: only a log warning; past this limit the step raises instead.
+RECOMPILE_LIMIT = 256
+
 
 def _mlp_apply(params: list[torch.Tensor], h: torch.Tensor, activation: str) -> torch.Tensor:
     """:func:`vae_utils.model.mlp` evaluated from its parameters [W0, b0, W1, b1, ...]."""
@@ -32,21 +38,43 @@ def _mlp_apply(params: list[torch.Tensor], h: torch.Tensor, activation: str) -> 
     return h
 
 
-def _functional_neg_elbo(
-    params: list[torch.Tensor], n_enc: int, x: torch.Tensor, eps: torch.Tensor, activation: str, kl: str
-) -> torch.Tensor:
-    """-ELBO per datapoint of the Bernoulli VAE from its parameters (the encoder's, then the
-    decoder's) and the noise eps (L, B, N_z): :func:`vae_utils.loss.elbo`'s arithmetic in plain ops, because
-    torch.func cannot trace loss.py's autograd.Functions (inductor fuses them into one loop)."""
-    mu, logvar = _mlp_apply(params[:n_enc], x, activation).chunk(2, dim=-1)
+def _losses(
+    params: list[torch.Tensor],
+    n_enc: int,
+    x: torch.Tensor,
+    noise: tuple[torch.Tensor, ...],
+    activation: str,
+    kl: str,
+    algorithm: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the loss to step on, the minibatch ELBO) of the Bernoulli VAE from its parameters (the
+    encoder's, then the decoder's) and the step's noise, as :mod:`vae_utils.steps` computes them,
+    in plain ops (torch.func cannot trace loss.py's autograd.Functions; inductor fuses them).
+
+    AEVB: noise = (eps (L, B, N_z),), the loss is -ELBO. Wake-sleep: noise = (eps, z ~ p(z) (B, N_z),
+    u ~ U(0, 1) (B, D)); the loss is the wake loss -E_q[log p(x|z)] (no gradient to the encoder)
+    plus the sleep loss -log q(z|x~) of the fantasy x~ = [u < sigmoid(decoder(z))] (none to the
+    decoder)."""
+    enc, dec = params[:n_enc], params[n_enc:]
+    mu, logvar = _mlp_apply(enc, x, activation).chunk(2, dim=-1)
+    if algorithm == "wake_sleep":
+        mu, logvar = mu.detach(), logvar.detach()
+    eps = noise[0]
     z = mu + torch.exp(0.5 * logvar) * eps
-    logits = _mlp_apply(params[n_enc:], z, activation)
-    recon = bernoulli_pixel_log_likelihood(logits, x).sum(-1).mean(0)
+    recon = bernoulli_pixel_log_likelihood(_mlp_apply(dec, z, activation), x).sum(-1).mean(0)
+    if algorithm == "wake_sleep":
+        elbo = (recon - kl_standard_normal(mu, logvar).sum(-1)).mean()
+        z_prior, u = noise[1], noise[2]
+        fantasy = (u < torch.sigmoid(_mlp_apply([p.detach() for p in dec], z_prior, activation))).to(x.dtype)
+        mu_s, logvar_s = _mlp_apply(enc, fantasy, activation).chunk(2, dim=-1)
+        loss = -recon.mean() - gaussian_log_density(z_prior, mu_s, logvar_s).mean()
+        return loss, elbo.detach()
     if kl == "analytic":
         kl_term = kl_standard_normal(mu, logvar).sum(-1)
     else:
         kl_term = (gaussian_log_density(z, mu, logvar) - standard_normal_log_density(z)).mean(0)
-    return (kl_term - recon).mean()
+    loss = (kl_term - recon).mean()
+    return loss, -loss.detach()
 
 
 def adam_step(
@@ -56,17 +84,20 @@ def adam_step(
     steps: list[torch.Tensor],
     coefs: torch.Tensor,
     x: torch.Tensor,
-    eps: torch.Tensor,
+    noise: tuple[torch.Tensor, ...],
     n_enc: int,
     activation: str,
     kl: str,
+    algorithm: str,
     beta1: float,
     beta2: float,
     adam_eps: float,
     weight_decay: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, backward and torch.optim.Adam's update (in place); returns (ELBO, loss)."""
-    grads, loss = torch.func.grad_and_value(_functional_neg_elbo)(params, n_enc, x, eps, activation, kl)
+    grads, (loss, elbo) = torch.func.grad_and_value(_losses, has_aux=True)(
+        params, n_enc, x, noise, activation, kl, algorithm
+    )
     with torch.no_grad():
         torch._foreach_add_(steps, 1)
         # lr / (1 - beta1^t) and sqrt(1 - beta2^t) come in as a tensor: computed in here, inductor
@@ -78,7 +109,7 @@ def adam_step(
             m.lerp_(g, 1 - beta1)
             v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
             p.sub_(step_size * m / (v.sqrt() / bias_correction2_sqrt + adam_eps))
-    return -loss.detach(), loss.detach()
+    return elbo, loss.detach()
 
 
 def adagrad_step(
@@ -87,16 +118,19 @@ def adagrad_step(
     steps: list[torch.Tensor],
     lr: torch.Tensor,
     x: torch.Tensor,
-    eps: torch.Tensor,
+    noise: tuple[torch.Tensor, ...],
     n_enc: int,
     activation: str,
     kl: str,
+    algorithm: str,
     adagrad_eps: float,
     weight_decay: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, backward and torch.optim.Adagrad's update (in place, lr_decay 0, the paper's
     optimizer): sum += g^2, p -= lr g / (sqrt(sum) + eps); returns (ELBO, loss)."""
-    grads, loss = torch.func.grad_and_value(_functional_neg_elbo)(params, n_enc, x, eps, activation, kl)
+    grads, (loss, elbo) = torch.func.grad_and_value(_losses, has_aux=True)(
+        params, n_enc, x, noise, activation, kl, algorithm
+    )
     with torch.no_grad():
         torch._foreach_add_(steps, 1)
         for p, g, total in zip(params, grads, sums, strict=True):
@@ -104,16 +138,11 @@ def adagrad_step(
                 g = g + weight_decay * p
             total.addcmul_(g, g)
             p.sub_(lr * g / (total.sqrt() + adagrad_eps))
-    return -loss.detach(), loss.detach()
+    return elbo, loss.detach()
 
 
 #: The compiled steps, one per optimizer, each compiled once per process on its first use.
 _compiled: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {}
-#: Graphs one process may compile for the step (one per model shape, batch size and option set: an
-#: epoch's last, partial minibatch is a shape of its own). Dynamo's default of 8 would let a sweep
-#: worker or a notebook that trains several shapes fall back to the eager step after the 8th, with
-#: only a log warning; past this limit the step raises instead.
-RECOMPILE_LIMIT = 256
 
 
 def compiled_train_step(
@@ -124,13 +153,15 @@ def compiled_train_step(
     generator: torch.Generator,
     step: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`train_step` for AEVB with the Bernoulli decoder and Adam or Adagrad, as one compiled graph.
+    """:func:`train_step` for AEVB or wake-sleep with the Bernoulli decoder and Adam or Adagrad, as
+    one compiled graph.
 
     ``step`` is the compiled :func:`adam_step` or :func:`adagrad_step` to call; by default one
     compiled with inductor's C++ wrapper, once per process (the benchmark passes others).
 
-    The same arguments, return value and random numbers (one ``torch.randn`` for eps from
-    ``generator``, as :func:`vae_utils.loss.reparameterize` draws it); it updates the parameters
+    The same arguments, return value and random numbers, drawn from ``generator`` in the eager
+    step's order (eps as :func:`vae_utils.loss.reparameterize` draws it; for wake-sleep then the
+    prior draws and the uniforms of the fantasies' pixels); it updates the parameters
     and ``optimizer``'s own state (Adam: step, exp_avg, exp_avg_sq; Adagrad: step, sum), so
     checkpoints are interchangeable with the eager step's. Results agree with the eager step's to
     float rounding (~1e-7), are reproducible run to run and resume exactly. The first call compiles
@@ -155,10 +186,11 @@ def compiled_train_step(
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         states.append(state)
-    eps = torch.randn(
-        (config.n_samples, len(x), model.latent_dim), generator=generator, device=x.device, dtype=x.dtype
-    )
-    common = (x, eps, len(list(model.encoder.parameters())), config.activation, config.kl)
+    draw = dict(generator=generator, device=x.device, dtype=x.dtype)
+    noise: tuple[torch.Tensor, ...] = (torch.randn((config.n_samples, len(x), model.latent_dim), **draw),)
+    if config.algorithm == "wake_sleep":
+        noise += (torch.randn((len(x), model.latent_dim), **draw), torch.rand(x.shape, **draw))
+    common = (x, noise, len(list(model.encoder.parameters())), config.activation, config.kl, config.algorithm)
     with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True):
         if kind == "adagrad":
             lr = torch.tensor(group["lr"], dtype=x.dtype)  # a tensor: a new lr needs no new graph

@@ -282,7 +282,7 @@ def test_numpy_scalars_are_accepted_and_stored_as_python_numbers():
         (dict(decoder="continuous_bernoulli", binarize="static"), "binarize", "'none' with decoder="),
         (dict(decoder="gaussian", binarize="dynamic"), "binarize", "'none' with decoder="),
         (dict(compile=True, algorithm="mcem", binarize="static", patience=None), "compile", "'wake_sleep'"),
-        (dict(compile=True, optimizer="adam", decoder="gaussian"), "compile", "decoder='bernoulli'"),
+        (dict(compile=True, decoder="continuous_bernoulli"), "compile", "'gaussian'"),
         (dict(eval_every=1000, eval_per_decade=8), "eval_every", "None when eval_per_decade is set"),
     ],
 )

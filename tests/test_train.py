@@ -471,6 +471,12 @@ COMPILED_OPTIMIZERS = {
     "wake-sleep": dict(
         algorithm="wake_sleep", optimizer="adagrad", lr=0.02, weight_decay=1e-3, init="paper", epochs=4
     ),
+    "gaussian": dict(
+        decoder="gaussian", sigmoid_mean=True, optimizer="adagrad", lr=0.01, epochs=4
+    ),  # Frey Face's
+    "gaussian wake-sleep": dict(
+        algorithm="wake_sleep", decoder="gaussian", sigmoid_mean=True, optimizer="adagrad", lr=0.01, epochs=4
+    ),
 }
 
 

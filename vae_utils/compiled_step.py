@@ -1,5 +1,5 @@
-"""The compiled training step: AEVB or wake-sleep with the Bernoulli decoder, and Adam or Adagrad,
-as one graph (forward, backward and update; torch.func traced by torch.compile into inductor's C++
+"""The compiled training step: AEVB or wake-sleep with the Bernoulli or Gaussian decoder, and Adam
+or Adagrad, as one graph (forward, backward and update; torch.func traced by torch.compile into inductor's C++
 kernels), 1.6-1.8x faster epochs on a CPU at small minibatches (docs/speed.md). Checkpoints are
 interchangeable with the eager step's (:func:`vae_utils.steps.train_step`), and results agree to
 float rounding.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -38,38 +39,75 @@ def _mlp_apply(params: list[torch.Tensor], h: torch.Tensor, activation: str) -> 
     return h
 
 
+class Spec(NamedTuple):
+    """What the step's graph is specialised on, besides the shapes: passed to it as one constant."""
+
+    activation: str
+    kl: str
+    algorithm: str  # "aevb" or "wake_sleep"
+    decoder: str  # "bernoulli" or "gaussian"
+    min_logvar: float
+    sigmoid_mean: bool
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> Spec:
+        fields = ("activation", "kl", "algorithm", "decoder", "min_logvar", "sigmoid_mean")
+        return cls(*(getattr(config, f) for f in fields))
+
+
+def _decode(
+    params: list[torch.Tensor], z: torch.Tensor, spec: Spec
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """The decoder's output from its parameters: Bernoulli logits, or the Gaussian's (mu, log sigma^2)
+    as :class:`vae_utils.model.GaussianDecoder` computes them, its softplus bound written as
+    softplus(y) = -log Bernoulli(0; sigmoid(y)) in plain ops."""
+    out = _mlp_apply(params, z, spec.activation)
+    if spec.decoder == "bernoulli":
+        return out
+    mu, raw = out.chunk(2, dim=-1)
+    if spec.sigmoid_mean:
+        mu = torch.sigmoid(mu)
+    shifted = raw - spec.min_logvar
+    return mu, spec.min_logvar - bernoulli_pixel_log_likelihood(shifted, torch.zeros_like(shifted))
+
+
+def _log_prob(out: torch.Tensor | tuple[torch.Tensor, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """log p(x|z) summed over pixels, from :func:`_decode`'s output."""
+    if isinstance(out, tuple):
+        return gaussian_log_density(x, *out)
+    return bernoulli_pixel_log_likelihood(out, x).sum(-1)
+
+
 def _losses(
-    params: list[torch.Tensor],
-    n_enc: int,
-    x: torch.Tensor,
-    noise: tuple[torch.Tensor, ...],
-    activation: str,
-    kl: str,
-    algorithm: str,
+    params: list[torch.Tensor], n_enc: int, x: torch.Tensor, noise: tuple[torch.Tensor, ...], spec: Spec
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the loss to step on, the minibatch ELBO) of the Bernoulli VAE from its parameters (the
-    encoder's, then the decoder's) and the step's noise, as :mod:`vae_utils.steps` computes them,
-    in plain ops (torch.func cannot trace loss.py's autograd.Functions; inductor fuses them).
+    """(the loss to step on, the minibatch ELBO) of the VAE from its parameters (the encoder's, then
+    the decoder's) and the step's noise, as :mod:`vae_utils.steps` computes them, in plain ops
+    (torch.func cannot trace loss.py's autograd.Functions; inductor fuses them).
 
     AEVB: noise = (eps (L, B, N_z),), the loss is -ELBO. Wake-sleep: noise = (eps, z ~ p(z) (B, N_z),
-    u ~ U(0, 1) (B, D)); the loss is the wake loss -E_q[log p(x|z)] (no gradient to the encoder)
-    plus the sleep loss -log q(z|x~) of the fantasy x~ = [u < sigmoid(decoder(z))] (none to the
-    decoder)."""
+    the fantasies' pixel noise (B, D)); the loss is the wake loss -E_q[log p(x|z)] (no gradient to
+    the encoder) plus the sleep loss -log q(z|x~) (none to the decoder) of the fantasy x~: [u < y]
+    for the Bernoulli decoder (u uniform), mu + sigma e for the Gaussian (e normal)."""
     enc, dec = params[:n_enc], params[n_enc:]
-    mu, logvar = _mlp_apply(enc, x, activation).chunk(2, dim=-1)
-    if algorithm == "wake_sleep":
+    mu, logvar = _mlp_apply(enc, x, spec.activation).chunk(2, dim=-1)
+    if spec.algorithm == "wake_sleep":
         mu, logvar = mu.detach(), logvar.detach()
     eps = noise[0]
     z = mu + torch.exp(0.5 * logvar) * eps
-    recon = bernoulli_pixel_log_likelihood(_mlp_apply(dec, z, activation), x).sum(-1).mean(0)
-    if algorithm == "wake_sleep":
+    recon = _log_prob(_decode(dec, z, spec), x).mean(0)
+    if spec.algorithm == "wake_sleep":
         elbo = (recon - kl_standard_normal(mu, logvar).sum(-1)).mean()
-        z_prior, u = noise[1], noise[2]
-        fantasy = (u < torch.sigmoid(_mlp_apply([p.detach() for p in dec], z_prior, activation))).to(x.dtype)
-        mu_s, logvar_s = _mlp_apply(enc, fantasy, activation).chunk(2, dim=-1)
+        z_prior, pixel_noise = noise[1], noise[2]
+        out = _decode([p.detach() for p in dec], z_prior, spec)
+        if isinstance(out, tuple):
+            fantasy = out[0] + torch.exp(0.5 * out[1]) * pixel_noise
+        else:
+            fantasy = (pixel_noise < torch.sigmoid(out)).to(x.dtype)
+        mu_s, logvar_s = _mlp_apply(enc, fantasy, spec.activation).chunk(2, dim=-1)
         loss = -recon.mean() - gaussian_log_density(z_prior, mu_s, logvar_s).mean()
         return loss, elbo.detach()
-    if kl == "analytic":
+    if spec.kl == "analytic":
         kl_term = kl_standard_normal(mu, logvar).sum(-1)
     else:
         kl_term = (gaussian_log_density(z, mu, logvar) - standard_normal_log_density(z)).mean(0)
@@ -86,18 +124,14 @@ def adam_step(
     x: torch.Tensor,
     noise: tuple[torch.Tensor, ...],
     n_enc: int,
-    activation: str,
-    kl: str,
-    algorithm: str,
+    spec: Spec,
     beta1: float,
     beta2: float,
     adam_eps: float,
     weight_decay: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, backward and torch.optim.Adam's update (in place); returns (ELBO, loss)."""
-    grads, (loss, elbo) = torch.func.grad_and_value(_losses, has_aux=True)(
-        params, n_enc, x, noise, activation, kl, algorithm
-    )
+    grads, (loss, elbo) = torch.func.grad_and_value(_losses, has_aux=True)(params, n_enc, x, noise, spec)
     with torch.no_grad():
         torch._foreach_add_(steps, 1)
         # lr / (1 - beta1^t) and sqrt(1 - beta2^t) come in as a tensor: computed in here, inductor
@@ -120,17 +154,13 @@ def adagrad_step(
     x: torch.Tensor,
     noise: tuple[torch.Tensor, ...],
     n_enc: int,
-    activation: str,
-    kl: str,
-    algorithm: str,
+    spec: Spec,
     adagrad_eps: float,
     weight_decay: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, backward and torch.optim.Adagrad's update (in place, lr_decay 0, the paper's
     optimizer): sum += g^2, p -= lr g / (sqrt(sum) + eps); returns (ELBO, loss)."""
-    grads, (loss, elbo) = torch.func.grad_and_value(_losses, has_aux=True)(
-        params, n_enc, x, noise, activation, kl, algorithm
-    )
+    grads, (loss, elbo) = torch.func.grad_and_value(_losses, has_aux=True)(params, n_enc, x, noise, spec)
     with torch.no_grad():
         torch._foreach_add_(steps, 1)
         for p, g, total in zip(params, grads, sums, strict=True):
@@ -153,8 +183,8 @@ def compiled_train_step(
     generator: torch.Generator,
     step: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`train_step` for AEVB or wake-sleep with the Bernoulli decoder and Adam or Adagrad, as
-    one compiled graph.
+    """:func:`train_step` for AEVB or wake-sleep with the Bernoulli or Gaussian decoder and Adam or
+    Adagrad, as one compiled graph.
 
     ``step`` is the compiled :func:`adam_step` or :func:`adagrad_step` to call; by default one
     compiled with inductor's C++ wrapper, once per process (the benchmark passes others).
@@ -188,9 +218,10 @@ def compiled_train_step(
         states.append(state)
     draw = dict(generator=generator, device=x.device, dtype=x.dtype)
     noise: tuple[torch.Tensor, ...] = (torch.randn((config.n_samples, len(x), model.latent_dim), **draw),)
-    if config.algorithm == "wake_sleep":
-        noise += (torch.randn((len(x), model.latent_dim), **draw), torch.rand(x.shape, **draw))
-    common = (x, noise, len(list(model.encoder.parameters())), config.activation, config.kl, config.algorithm)
+    if config.algorithm == "wake_sleep":  # then the prior draws, then each fantasy pixel's noise
+        pixels = torch.randn if config.decoder == "gaussian" else torch.rand
+        noise += (torch.randn((len(x), model.latent_dim), **draw), pixels(x.shape, **draw))
+    common = (x, noise, len(list(model.encoder.parameters())), Spec.of(config))
     with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True):
         if kind == "adagrad":
             lr = torch.tensor(group["lr"], dtype=x.dtype)  # a tensor: a new lr needs no new graph

@@ -264,8 +264,9 @@ class TrainConfig:
             graph compiled by ``torch.compile`` (inductor; needs a C++ compiler): 1.6-1.8x faster
             epochs with small minibatches (Burda et al.'s M = 20), after a first step that
             compiles (seconds with inductor's cache warm, up to a minute cold). AEVB or wake-sleep
-            with the Bernoulli decoder, with Adam or Adagrad; on CUDA the step stays eager. The same
-            random numbers as the eager step; the results agree with it to float rounding, so a
+            with the Bernoulli or Gaussian decoder, with Adam or Adagrad; on CUDA the step stays
+            eager. The same random numbers as the eager step; the results agree with it to float
+            rounding (wake-sleep with the Bernoulli decoder: in distribution, docs/speed.md), so a
             compiled run's history is reproducible and resumes exactly, but is not bit-identical to
             an eager run's.
         tensorboard: also write each evaluation as TensorBoard events in ``<run_dir>/tb`` (scalars
@@ -392,12 +393,12 @@ class TrainConfig:
         check_choice("device", self.device, DEVICES)
         check_choice("dtype", self.dtype, DTYPES)
         check_bool("compile", self.compile)
-        if self.compile and (self.algorithm == "mcem" or self.decoder != "bernoulli"):
+        if self.compile and (self.algorithm == "mcem" or self.decoder == "continuous_bernoulli"):
             fail(
                 "compile",
                 self.compile,
-                "False unless algorithm is 'aevb' or 'wake_sleep' and decoder='bernoulli' (the compiled "
-                "step covers only these)",
+                "False unless algorithm is 'aevb' or 'wake_sleep' and decoder is 'bernoulli' or "
+                "'gaussian' (the compiled step covers only these)",
             )
         check_bool("tensorboard", self.tensorboard)
         for field in ("run_dir", "data_dir"):

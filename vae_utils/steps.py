@@ -107,7 +107,7 @@ def train_step(
     loss stepped on), detached and left on the device; for wake-sleep the loss is the sum of the
     wake and sleep losses, which the ELBO does not contain.
 
-    With ``config.compile`` (the Bernoulli decoder on a CPU) the step is :func:`compiled_train_step`."""
+    With ``config.compile`` (on a CPU) the step is :func:`compiled_train_step`."""
     if config.compile and x.device.type == "cpu":
         return compiled_train_step(model, optimizer, x, config, generator)
     if config.algorithm == "aevb":

@@ -27,6 +27,10 @@ ESTIMATORS = {
     "hmc": "App. D, from 50 HMC draws (high in expectation)",
     "hmc_is": "IS, Student-t fitted to those draws (low in expectation)",
 }
+#: Beyond this many nats apart (the mean over the images), App. D's estimate and importance sampling
+#: from the same draws do not bracket log p(x): App. D has failed there (a chain that barely moved
+#: gives its density q a width of nearly zero; docs/methods.md). They are usually within 0.3.
+ESTIMATOR_DISAGREEMENT = 5.0
 #: The y range of the paper's Figure 3 panels, read from the figure.
 PAPER_FIGURE3_YRANGE = (-160.0, -100.0)
 ORDER = ("aevb", "wake_sleep", "mcem")
@@ -79,8 +83,9 @@ def _ordered(table: pd.DataFrame) -> pd.DataFrame:
 
 def figure3_histories(points: pd.DataFrame) -> pd.DataFrame:
     """The curves of a Figure 3 sweep in long form: N_train, algorithm, samples, seconds, split
-    (train/test), estimator (a key of :data:`ESTIMATORS`) and log_px. ``points`` has one row per run
-    with its ``run_dir`` and TrainConfig fields (as ``sweep_table.finished_points`` gives)."""
+    (train/test), estimator (a key of :data:`ESTIMATORS`), log_px and failed (:func:`mark_failures`).
+    ``points`` has one row per run with its ``run_dir`` and TrainConfig fields (as
+    ``sweep_table.finished_points`` gives)."""
     frames = []
     for point in points.itertuples():
         history = pd.read_csv(f"{point.run_dir}/history.csv")
@@ -99,7 +104,39 @@ def figure3_histories(points: pd.DataFrame) -> pd.DataFrame:
                         }
                     )
                 )
-    return pd.concat(frames, ignore_index=True)
+    return mark_failures(pd.concat(frames, ignore_index=True))
+
+
+def mark_failures(curves: pd.DataFrame) -> pd.DataFrame:
+    """``curves`` with a column ``failed``: True for App. D's estimates that lie more than
+    :data:`ESTIMATOR_DISAGREEMENT` nats from importance sampling on the same draws."""
+    key = ["N_train", "algorithm", "samples", "split"]
+    pair = curves.pivot_table(index=key, columns="estimator", values="log_px", dropna=False)
+    failed = (pair["hmc"] - pair["hmc_is"]).abs() > ESTIMATOR_DISAGREEMENT
+    out = curves.drop(columns="failed", errors="ignore").join(failed.rename("failed"), on=key)
+    out["failed"] &= out["estimator"] == "hmc"
+    return out
+
+
+def estimator_failures(curves: pd.DataFrame) -> pd.DataFrame:
+    """The evaluations at which App. D's estimate disagrees with importance sampling from the same
+    draws by more than :data:`ESTIMATOR_DISAGREEMENT` nats (:func:`figure3_histories` marks them;
+    the figure and the table leave them out): where, and both values."""
+    failed = curves[curves["failed"]]
+    rows = failed.merge(
+        curves[curves["estimator"] == "hmc_is"][["N_train", "algorithm", "samples", "split", "log_px"]],
+        on=["N_train", "algorithm", "samples", "split"],
+        suffixes=("", " (IS)"),
+    )
+    table = rows.rename(columns={"log_px": "App. D"})[
+        ["N_train", "algorithm", "split", "samples", "App. D", "log_px (IS)"]
+    ].rename(columns={"log_px (IS)": "IS"})
+    return _ordered(table).set_index(["N_train", "algorithm", "split", "samples"])
+
+
+def _valid(curves: pd.DataFrame) -> pd.DataFrame:
+    """The curves with App. D's failed evaluations as NaN: a gap in a line, not a spike."""
+    return curves.assign(log_px=curves["log_px"].mask(curves["failed"]))
 
 
 def plot_figure3(curves: pd.DataFrame, x: str = "samples") -> plt.Figure:
@@ -115,6 +152,7 @@ def plot_figure3(curves: pd.DataFrame, x: str = "samples") -> plt.Figure:
         else (60, "wall time (minutes, one core)")
     )
     sizes = sorted(curves["N_train"].unique())
+    curves = _valid(curves)
     fig, axes = plt.subplots(1, len(sizes), figsize=(5.2 * len(sizes), 4.0), squeeze=False)
     for ax, size in zip(axes[0], sizes, strict=True):
         panel = curves[curves["N_train"] == size]
@@ -160,9 +198,10 @@ def _zoom(ax: plt.Axes, panel: pd.DataFrame) -> None:
 def figure3_table(curves: pd.DataFrame) -> pd.DataFrame:
     """Per panel and algorithm, at the last evaluation: train and test log p(x) by App. D, the test
     estimate by importance sampling and the bracket between the two, the train - test gap, and the
-    best test value and the training samples (millions) where it was reached."""
+    best test value and the training samples (millions) where it was reached. App. D's failed
+    evaluations (:func:`estimator_failures`) are left out."""
     rows = []
-    for (size, algorithm), run in curves.groupby(["N_train", "algorithm"]):
+    for (size, algorithm), run in _valid(curves).groupby(["N_train", "algorithm"]):
         hmc = run[run["estimator"] == "hmc"]
         test, train = (hmc[hmc["split"] == s].sort_values("samples") for s in ("test", "train"))
         test_is = run[(run["estimator"] == "hmc_is") & (run["split"] == "test")].sort_values("samples")
@@ -186,6 +225,7 @@ def figure3_table(curves: pd.DataFrame) -> pd.DataFrame:
 
 def _reached(curves: pd.DataFrame, size: int, algorithm: str, level: float) -> float:
     """Training samples (millions) at which ``algorithm``'s test App. D curve first reaches ``level``."""
+    curves = _valid(curves)
     curve = curves[
         (curves["N_train"] == size)
         & (curves["algorithm"] == algorithm)
@@ -230,12 +270,13 @@ def figure3_claims(table: pd.DataFrame, curves: pd.DataFrame) -> str:
                 else "; it is not closer on the small set, against the paper."
             )
         )
-    gaps = table["train - test"]
-    lines.append(
-        "Train - test gap at the end: "
-        + "; ".join(f"{label(a)} at N_train = {s:,}: {g:.2f}" for (s, a), g in gaps.items())
-        + "."
-    )
+    for size in sizes:
+        gaps = table.loc[size, "train - test"]
+        lines.append(
+            f"Train - test gap at the end, N_train = {size:,}: "
+            + ", ".join(f"{label(a)} {g:.2f}" for a, g in gaps.items())
+            + "."
+        )
     low, high = PAPER_FIGURE3_YRANGE
     inside = table["test"].between(low, high)
     lines.append(
@@ -303,6 +344,35 @@ def estimator_check(
             }
         )
     return _ordered(pd.DataFrame(rows)).set_index(["N_train", "algorithm", "estimator"]).round(3)
+
+
+def estimator_summary(check: pd.DataFrame, bias: float = 1.0) -> str:
+    """:func:`estimator_check`'s table in words: per estimator, its mean absolute error against the
+    grid over the models and its worst model; and every model on which an estimator's mean error
+    exceeds ``bias`` nats, with its sign."""
+    table = check.reset_index()
+    table = table[~table["estimator"].str.startswith("grid")]
+    lines = []
+    for name, rows in table.groupby("estimator", sort=False):
+        worst = rows.loc[rows["|error|"].idxmax()]
+        where = f"N_train = {worst['N_train']:,}, {ALGORITHM_LABELS[worst['algorithm']]}"
+        lines.append(
+            f"{name}: mean |error| {rows['|error|'].mean():.3f} nats over {len(rows)} models; worst "
+            f"{worst['|error|']:.3f} ({where})."
+        )
+    far = table[table["error vs grid"].abs() > bias]
+    for _, row in far.iterrows():
+        error = row["error vs grid"]
+        lines.append(
+            f"  {row['estimator']} on N_train = {row['N_train']:,}, {ALGORITHM_LABELS[row['algorithm']]}: "
+            f"{abs(error):.2f} nats {'below' if error < 0 else 'above'} the grid on average."
+        )
+    grid = check.reset_index()
+    grid = grid[grid["estimator"].str.startswith("grid")]
+    lines.append(
+        f"The grid itself: halving its spacing moved it by {grid['max |error|'].max():.3f} nats at most."
+    )
+    return "\n".join(lines)
 
 
 def figure3_results(table: pd.DataFrame, images: int) -> list[dict]:

@@ -435,8 +435,10 @@ def say(plan: SweepPlan, point: str, text: str) -> None:
 
 def elbo_text(folder: Path) -> str:
     try:
-        history = pd.read_csv(folder / "history.csv")
-        return f"test ELBO {history['test_elbo'].iloc[-1]:.1f}"
+        last = pd.read_csv(folder / "history.csv").iloc[-1]
+        if pd.isna(last["test_elbo"]) and not pd.isna(last.get("test_log_px_hmc")):  # MCEM: no encoder
+            return f"test log p(x) by HMC {last['test_log_px_hmc']:.1f}"
+        return f"test ELBO {last['test_elbo']:.1f}"
     except (OSError, ValueError, IndexError, KeyError):
         return "no history"
 

@@ -216,11 +216,15 @@ def compiled_train_step(
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         states.append(state)
-    draw = dict(generator=generator, device=x.device, dtype=x.dtype)
-    noise: tuple[torch.Tensor, ...] = (torch.randn((config.n_samples, len(x), model.latent_dim), **draw),)
+
+    def draw(*shape: int, uniform: bool = False) -> torch.Tensor:
+        sample = torch.rand if uniform else torch.randn
+        return sample(shape, generator=generator, device=x.device, dtype=x.dtype)
+
+    noise: tuple[torch.Tensor, ...] = (draw(config.n_samples, len(x), model.latent_dim),)
     if config.algorithm == "wake_sleep":  # then the prior draws, then each fantasy pixel's noise
-        pixels = torch.randn if config.decoder == "gaussian" else torch.rand
-        noise += (torch.randn((len(x), model.latent_dim), **draw), pixels(x.shape, **draw))
+        prior = draw(len(x), model.latent_dim)
+        noise += (prior, draw(*x.shape, uniform=config.decoder != "gaussian"))
     common = (x, noise, len(list(model.encoder.parameters())), Spec.of(config))
     with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True):
         if kind == "adagrad":

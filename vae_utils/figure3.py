@@ -70,9 +70,11 @@ def wall_times(runs: Mapping[str, Run]) -> str:
         )
     )
     return "\n".join(
-        f"N_train = {row.N_train:,}, {ALGORITHM_LABELS.get(row.algorithm, row.algorithm)}: "
-        f"{row.samples / 1e6:.3g} M samples evaluated in {row.seconds / 60:.1f} min"
-        for row in table.itertuples()
+        f"N_train = {size:,}, {ALGORITHM_LABELS[algorithm]}: "
+        f"{samples / 1e6:.3g} M samples evaluated in {seconds / 60:.1f} min"
+        for size, algorithm, samples, seconds in table[
+            ["N_train", "algorithm", "samples", "seconds"]
+        ].to_numpy()
     )
 
 
@@ -382,10 +384,15 @@ def figure3_results(table: pd.DataFrame, images: int) -> list[dict]:
 
     return [
         result(
-            f"N_train = {size:,}: final test log p(x), {ALGORITHM_LABELS.get(algorithm, algorithm)}",
-            row["test"],
+            f"N_train = {size:,}: final test log p(x), {ALGORITHM_LABELS[algorithm]}",
+            test,
             "App. D's estimator from 50 HMC draws per image, at the end of the budget",
             datapoints=images,
         )
-        for (size, algorithm), row in table.iterrows()
+        for size, algorithm, test in zip(
+            table.index.get_level_values("N_train"),
+            table.index.get_level_values("algorithm"),
+            table["test"],
+            strict=True,
+        )
     ]

@@ -219,6 +219,7 @@ def figure3_configs(
             train_subset=size,
             test_subset=test_subset,
         )
+        method: dict[str, Any]
         if algorithm == "mcem":
             method = dict(
                 lr=FIGURE3_MCEM_LR,

@@ -418,12 +418,11 @@ def _report_progress(plan: SweepPlan, point: str, seen: dict) -> bool:
     else:
         total = config.epochs * samples_per_epoch(config)
         last = history.iloc[-1]
-        score = (
-            f"test log p(x) by HMC {last['test_log_px_hmc']:.1f}"
-            if config.algorithm == "mcem"
-            else f"test ELBO {last['test_elbo']:.1f}"
+        say(
+            plan,
+            point,
+            f"running at {short_count(last['samples'])}/{short_count(total)} samples, {score_text(last)}",
         )
-        say(plan, point, f"running at {short_count(last['samples'])}/{short_count(total)} samples, {score}")
     return True
 
 
@@ -433,12 +432,16 @@ def say(plan: SweepPlan, point: str, text: str) -> None:
     print(f"[{names.index(point) + 1:>{width}}/{len(names)}] {point}  {text}", flush=True)
 
 
+def score_text(last: pd.Series) -> str:
+    """A history row's test score: its ELBO, or for MCEM (no encoder) its log p(x) by HMC."""
+    if pd.isna(last["test_elbo"]) and not pd.isna(last.get("test_log_px_hmc")):
+        return f"test log p(x) by HMC {last['test_log_px_hmc']:.1f}"
+    return f"test ELBO {last['test_elbo']:.1f}"
+
+
 def elbo_text(folder: Path) -> str:
     try:
-        last = pd.read_csv(folder / "history.csv").iloc[-1]
-        if pd.isna(last["test_elbo"]) and not pd.isna(last.get("test_log_px_hmc")):  # MCEM: no encoder
-            return f"test log p(x) by HMC {last['test_log_px_hmc']:.1f}"
-        return f"test ELBO {last['test_elbo']:.1f}"
+        return score_text(pd.read_csv(folder / "history.csv").iloc[-1])
     except (OSError, ValueError, IndexError, KeyError):
         return "no history"
 

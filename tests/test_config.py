@@ -87,6 +87,7 @@ INVALID = {
     "device": [("gpu", "'cuda'"), ("cuda:0", "'cpu'"), (None, "'auto'")],
     "dtype": [("float16", "'float64'"), ("double", "'float32'"), (None, "'float32'")],
     "compile": [(1, "True or False"), ("yes", "True or False"), (None, "True or False")],
+    "autocast": [("float16", "'bfloat16'"), ("bf16", "'none'"), (None, "'bfloat16'")],
     "tensorboard": [(1, "True or False"), ("no", "True or False"), (None, "True or False")],
     "run_dir": [("", "non-empty path"), ("   ", "non-empty path"), (3, "non-empty path")],
     "train_subset": [(0, ">= 1"), (100.0, "integer"), ("100", "integer"), (True, "integer")],
@@ -284,6 +285,12 @@ def test_numpy_scalars_are_accepted_and_stored_as_python_numbers():
         (dict(compile=True, algorithm="mcem", binarize="static", patience=None), "compile", "'wake_sleep'"),
         (dict(compile=True, decoder="continuous_bernoulli"), "compile", "'gaussian'"),
         (dict(eval_every=1000, eval_per_decade=8), "eval_every", "None when eval_per_decade is set"),
+        (dict(autocast="bfloat16", dtype="float64"), "autocast", "'none' with dtype='float64' and"),
+        (
+            dict(autocast="bfloat16", algorithm="mcem", binarize="static", patience=None),
+            "autocast",
+            "and algorithm='mcem'",
+        ),
     ],
 )
 def test_fields_that_exclude_each_other(values, field, fragment):

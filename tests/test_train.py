@@ -480,6 +480,60 @@ COMPILED_OPTIMIZERS = {
 }
 
 
+def test_bfloat16_autocast_step_is_reproducible_and_resumes_exactly(
+    tmp_path, shared_data, mnist_small, monkeypatch
+):
+    """autocast="bfloat16": the step's matrix multiplies take bfloat16 inputs, so its minibatch ELBO
+    leaves float32's by more than float32 rounding but agrees to bfloat16's 8 bits, eager and
+    compiled alike; parameters and optimizer state stay float32; a compiled bfloat16 run gives the
+    same history twice, and interrupted in epoch 3 and resumed, equals the uninterrupted one."""
+    values = dict(optimizer="adam", lr=1e-3, epochs=4)
+    outs = {}
+    for compile, autocast in ((False, "none"), (False, "bfloat16"), (True, "bfloat16")):
+        config = make_config(tmp_path / "step", shared_data, compile=compile, autocast=autocast, **values)
+        torch.manual_seed(0)
+        model = VAE.from_config(config, 784)
+        optimizer = T.make_optimizer(model, config, torch.device("cpu"))
+        x = mnist_small.x_train[:BATCH]
+        outs[compile, autocast] = T.train_step(model, optimizer, x, config, torch.Generator().manual_seed(1))
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        states = optimizer.state_dict()["state"].values()
+        assert all(v.dtype == torch.float32 for state in states for v in state.values())
+    reference = outs[False, "none"][0]
+    for key in ((False, "bfloat16"), (True, "bfloat16")):
+        relative = ((outs[key][0] - reference) / reference).abs().item()
+        assert 1e-5 < relative < 1e-2, (key, relative)
+
+    runs = [
+        train(
+            make_config(tmp_path / name, shared_data, compile=True, autocast="bfloat16", **values),
+            progress=False,
+            data=mnist_small,
+        )
+        for name in ("full", "twin")
+    ]
+    full = runs[0]
+    pd.testing.assert_frame_equal(without_seconds(full.history), without_seconds(runs[1].history))
+    config = make_config(tmp_path / "cut", shared_data, compile=True, autocast="bfloat16", **values)
+    real, calls = S.compiled_train_step, {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2 * N_BATCHES + 2:
+            raise Interrupted
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(S, "compiled_train_step", interrupted)
+    with pytest.raises(Interrupted):
+        train(config, progress=False, data=mnist_small)
+    monkeypatch.undo()
+    resumed = train(config, resume=True, progress=False, data=mnist_small)
+    pd.testing.assert_frame_equal(
+        without_seconds(resumed.history), without_seconds(full.history), check_exact=True
+    )
+    assert state_dicts_equal(resumed.model.state_dict(), full.model.state_dict())
+
+
 @pytest.mark.parametrize("path", COMPILED_OPTIMIZERS)
 def test_compiled_step_matches_eager_and_resumes_exactly(
     path, tmp_path, shared_data, mnist_small, monkeypatch

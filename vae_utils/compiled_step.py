@@ -48,11 +48,14 @@ class Spec(NamedTuple):
     decoder: str  # "bernoulli" or "gaussian"
     min_logvar: float
     sigmoid_mean: bool
+    bfloat16: bool  # forward and backward under torch.autocast to bfloat16 (TrainConfig.autocast)
 
     @classmethod
     def of(cls, config: TrainConfig) -> Spec:
-        fields = ("activation", "kl", "algorithm", "decoder", "min_logvar", "sigmoid_mean")
-        return cls(*(getattr(config, f) for f in fields))
+        c = config
+        return cls(
+            c.activation, c.kl, c.algorithm, c.decoder, c.min_logvar, c.sigmoid_mean, c.autocast == "bfloat16"
+        )
 
 
 def _decode(
@@ -115,6 +118,15 @@ def _losses(
     return loss, -loss.detach()
 
 
+def _gradients(
+    params: list[torch.Tensor], n_enc: int, x: torch.Tensor, noise: tuple[torch.Tensor, ...], spec: Spec
+) -> tuple[list[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """The gradients of :func:`_losses`' loss with respect to ``params``, and (loss, ELBO); under
+    bfloat16 autocast when ``spec.bfloat16`` (the gradients still come out float32)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec.bfloat16):
+        return torch.func.grad_and_value(_losses, has_aux=True)(params, n_enc, x, noise, spec)
+
+
 def adam_step(
     params: list[torch.Tensor],
     exp_avgs: list[torch.Tensor],
@@ -131,7 +143,7 @@ def adam_step(
     weight_decay: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, backward and torch.optim.Adam's update (in place); returns (ELBO, loss)."""
-    grads, (loss, elbo) = torch.func.grad_and_value(_losses, has_aux=True)(params, n_enc, x, noise, spec)
+    grads, (loss, elbo) = _gradients(params, n_enc, x, noise, spec)
     with torch.no_grad():
         torch._foreach_add_(steps, 1)
         # lr / (1 - beta1^t) and sqrt(1 - beta2^t) come in as a tensor: computed in here, inductor
@@ -160,7 +172,7 @@ def adagrad_step(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, backward and torch.optim.Adagrad's update (in place, lr_decay 0, the paper's
     optimizer): sum += g^2, p -= lr g / (sqrt(sum) + eps); returns (ELBO, loss)."""
-    grads, (loss, elbo) = torch.func.grad_and_value(_losses, has_aux=True)(params, n_enc, x, noise, spec)
+    grads, (loss, elbo) = _gradients(params, n_enc, x, noise, spec)
     with torch.no_grad():
         torch._foreach_add_(steps, 1)
         for p, g, total in zip(params, grads, sums, strict=True):

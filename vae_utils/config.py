@@ -35,6 +35,8 @@ KL_ESTIMATORS = ("analytic", "mc")
 BINARIZATIONS = ("none", "dynamic", "static")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float64")
+#: ``TrainConfig.autocast``: the training step's matrix multiplies in float32, or in bfloat16.
+AUTOCASTS = ("none", "bfloat16")
 INITS = ("pytorch", "paper")
 #: Fields that say where a run lives or runs, not what it is: two runs that differ only in these
 #: are the same experiment (a resume may change them; legends ignore them).
@@ -260,15 +262,15 @@ class TrainConfig:
             and every computation. A float32 run's history depends on the CPU's instruction set
             (its kernels sum in other orders) beyond the printed digits after a few thousand steps;
             a short float64 run does not (docs/reproducibility.md). The nbval references use it.
-        compile: run each training step on a CPU (forward, backward and the optimizer's update) as one
-            graph compiled by ``torch.compile`` (inductor; needs a C++ compiler): 1.6-1.8x faster
-            epochs with small minibatches (Burda et al.'s M = 20), after a first step that
-            compiles (seconds with inductor's cache warm, up to a minute cold). AEVB or wake-sleep
-            with the Bernoulli or Gaussian decoder, with Adam or Adagrad; on CUDA the step stays
-            eager. The same random numbers as the eager step; the results agree with it to float
-            rounding (wake-sleep with the Bernoulli decoder: in distribution, docs/speed.md), so a
-            compiled run's history is reproducible and resumes exactly, but is not bit-identical to
-            an eager run's.
+        compile: on a CPU, each training step (forward, backward, update) as one graph compiled by
+            ``torch.compile`` (needs a C++ compiler; the first step compiles, up to a minute cold).
+            AEVB or wake-sleep, Bernoulli or Gaussian decoder, Adam or Adagrad; eager on CUDA.
+            Results agree with the eager step's to float rounding (Bernoulli wake-sleep: in
+            distribution), reproduce and resume exactly (docs/speed.md).
+        autocast: ``"bfloat16"``: the training step under ``torch.autocast`` to bfloat16 (its
+            matrix multiplies take bfloat16 inputs); parameters, optimizer state and evaluations
+            stay float32. Faster only on CPUs with bfloat16 units (docs/speed.md). Needs float32
+            ``dtype``; not for MCEM. ``"none"`` (the default): the step runs in ``dtype``.
         tensorboard: also write each evaluation as TensorBoard events in ``<run_dir>/tb`` (scalars
             against training samples, reconstructions and prior samples at log-spaced
             evaluations; :mod:`vae_utils.tensorboard_log`, docs/live.md), to watch a long run live.
@@ -311,6 +313,7 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "float32"
     compile: bool = False
+    autocast: str = "none"
     tensorboard: bool = True
     run_dir: str | None = None
     train_subset: int | None = None
@@ -364,11 +367,8 @@ class TrainConfig:
         if self.lr_schedule == "burda" and self.optimizer != "adam":
             fail("optimizer", self.optimizer, "'adam' with lr_schedule='burda' (Burda et al. used Adam)")
         if self.lr_schedule == "burda" and self.epochs < BURDA_STAGES:
-            fail(
-                "epochs",
-                self.epochs,
-                f"an integer >= {BURDA_STAGES} with lr_schedule='burda' (one epoch per stage at least)",
-            )
+            need = f"an integer >= {BURDA_STAGES} with lr_schedule='burda' (an epoch a stage)"
+            fail("epochs", self.epochs, need)
         check_float("adam_eps", self.adam_eps, 0.0, strict=True)
         check_float("weight_decay", self.weight_decay, 0.0, strict=False)
         check_int("n_samples", self.n_samples, 1)
@@ -394,12 +394,12 @@ class TrainConfig:
         check_choice("dtype", self.dtype, DTYPES)
         check_bool("compile", self.compile)
         if self.compile and (self.algorithm == "mcem" or self.decoder == "continuous_bernoulli"):
-            fail(
-                "compile",
-                self.compile,
-                "False unless algorithm is 'aevb' or 'wake_sleep' and decoder is 'bernoulli' or "
-                "'gaussian' (the compiled step covers only these)",
-            )
+            only = "algorithm 'aevb' or 'wake_sleep' with decoder 'bernoulli' or 'gaussian'"
+            fail("compile", self.compile, f"False unless {only} (the compiled step covers only these)")
+        check_choice("autocast", self.autocast, AUTOCASTS)
+        if self.autocast != "none" and (self.dtype != "float32" or self.algorithm == "mcem"):
+            allowed = f"'none' with dtype={self.dtype!r} and algorithm={self.algorithm!r}"
+            fail("autocast", self.autocast, allowed + " (it autocasts float32 AEVB and wake-sleep steps)")
         check_bool("tensorboard", self.tensorboard)
         for field in ("run_dir", "data_dir"):
             value = getattr(self, field)

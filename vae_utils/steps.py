@@ -107,14 +107,16 @@ def train_step(
     loss stepped on), detached and left on the device; for wake-sleep the loss is the sum of the
     wake and sleep losses, which the ELBO does not contain.
 
-    With ``config.compile`` (on a CPU) the step is :func:`compiled_train_step`."""
+    With ``config.compile`` (on a CPU) the step is :func:`compiled_train_step`. With
+    ``config.autocast="bfloat16"`` the loss and its gradients are computed under bfloat16 autocast."""
     if config.compile and x.device.type == "cpu":
         return compiled_train_step(model, optimizer, x, config, generator)
-    if config.algorithm == "aevb":
-        loss, minibatch_elbo = aevb_loss(model, x, config, generator)
-    else:
-        wake, minibatch_elbo = wake_loss(model, x, config.n_samples, generator)
-        loss = wake + sleep_loss(model, len(x), generator)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=config.autocast == "bfloat16"):
+        if config.algorithm == "aevb":
+            loss, minibatch_elbo = aevb_loss(model, x, config, generator)
+        else:
+            wake, minibatch_elbo = wake_loss(model, x, config.n_samples, generator)
+            loss = wake + sleep_loss(model, len(x), generator)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

@@ -10,8 +10,8 @@ its fastest slice (as ``bench_compiled_paths.py``, whose loop it uses). Curves: 
 runs each configuration with seeds 0, 1, 2 in float32 and in bfloat16 (both compiled); printed are
 the test ELBO at each evaluation (float32 in both: autocast covers only the training step), the
 seeds' mean and standard deviation for each, and the largest difference of the two means against
-the seeds' spread. Only a CPU with bfloat16 units (``avx512_bf16`` or ``amx_bf16`` in
-/proc/cpuinfo) should gain; elsewhere oneDNN converts to float32 and the step slows down.
+the seeds' spread. Only a CPU with bfloat16 units (avx512_bf16 or AMX) should gain; elsewhere
+the matrix multiplies slow down (``vae_utils.steps.bfloat16_units`` says which this is).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import datetime
 import os
 import statistics
 import tempfile
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -30,7 +29,7 @@ from bench_compiled_paths import FIGURE_PROTOCOL, Loop, timed
 from bench_whole_process import EXAMPLE_CONFIG
 
 import vae_utils
-from vae_utils import TrainConfig, load_dataset
+from vae_utils import TrainConfig, load_dataset, steps
 
 PATHS = {
     "Figure 2, MNIST N_z = 3 (784-500-3, Adagrad), AEVB": dict(**FIGURE_PROTOCOL, latent_dim=3),
@@ -48,15 +47,6 @@ PATHS = {
     "pytorch example (784-400-20 ReLU, Adam 1e-3, M = 128)": EXAMPLE_CONFIG,
 }
 CURVES = {"pytorch example": EXAMPLE_CONFIG, "default study": {}}
-
-
-def bfloat16_units() -> str:
-    """The CPU's bfloat16 flags in /proc/cpuinfo, or "none"."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return "unknown"
-    return ", ".join(sorted({f for f in flags if f in ("avx512_bf16", "amx_bf16")})) or "none"
 
 
 def step_times(steps: int, rounds: int) -> None:
@@ -142,7 +132,7 @@ def main() -> None:
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(
         f"{datetime.date.today()}, torch {torch.__version__}, {os.cpu_count()} CPUs, bfloat16 units: "
-        f"{bfloat16_units()}, ATen capability {torch.backends.cpu.get_cpu_capability()}, load {load}"
+        f"{steps.bfloat16_units()}, ATen capability {torch.backends.cpu.get_cpu_capability()}, load {load}"
     )
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)

@@ -7,6 +7,7 @@ load_run reads back exactly what was saved. Run directories live in ``tmp_path``
 import json
 import math
 import os
+import warnings
 
 import pandas as pd
 import pytest
@@ -532,6 +533,27 @@ def test_bfloat16_autocast_step_is_reproducible_and_resumes_exactly(
         without_seconds(resumed.history), without_seconds(full.history), check_exact=True
     )
     assert state_dicts_equal(resumed.model.state_dict(), full.model.state_dict())
+
+
+def test_bfloat16_autocast_warns_on_a_cpu_without_bfloat16_units(
+    tmp_path, shared_data, mnist_small, monkeypatch
+):
+    """Without bfloat16 units oneDNN's bfloat16 matrix multiplies are slower than float32's (25x
+    under AVX2): training says so, and trains anyway; with them, or without autocast, no warning."""
+    monkeypatch.setattr(T, "bfloat16_units", lambda: False)
+    config = make_config(tmp_path / "slow", shared_data, autocast="bfloat16", epochs=1)
+    with pytest.warns(UserWarning, match=r"autocast='bfloat16' on a CPU without bfloat16 units .* slower"):
+        run = train(config, progress=False, data=mnist_small)
+    assert run.history["epoch"].tolist() == [1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(make_config(tmp_path / "plain", shared_data, epochs=1), progress=False, data=mnist_small)
+        monkeypatch.setattr(T, "bfloat16_units", lambda: True)
+        train(
+            make_config(tmp_path / "fast", shared_data, autocast="bfloat16", epochs=1),
+            progress=False,
+            data=mnist_small,
+        )
 
 
 @pytest.mark.parametrize("path", COMPILED_OPTIMIZERS)

@@ -37,6 +37,13 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def bfloat16_units() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (avx512_bf16 or AMX) and oneDNN
+    uses it. Without, ``autocast="bfloat16"`` slows the matrix multiplies down (docs/speed.md)."""
+    units = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return bool(units and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def make_optimizer(
     model: VAE, config: TrainConfig, device: torch.device, lr: float | None = None
 ) -> torch.optim.Optimizer:

@@ -258,6 +258,7 @@ _CHOICES = {
     "binarize": _config.BINARIZATIONS,
     "device": _config.DEVICES,
     "dtype": _config.DTYPES,
+    "autocast": _config.AUTOCASTS,
 }
 
 

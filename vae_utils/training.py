@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 
 import pandas as pd
 import torch
@@ -29,7 +30,14 @@ from vae_utils.runfiles import (
     prepare_run_dir,
     save_checkpoint,
 )
-from vae_utils.steps import make_optimizer, resolve_device, train_epoch, train_step, training_split
+from vae_utils.steps import (
+    bfloat16_units,
+    make_optimizer,
+    resolve_device,
+    train_epoch,
+    train_step,
+    training_split,
+)
 from vae_utils.tensorboard_log import IMAGES_PER_DECADE, RECONSTRUCTIONS_TAG, TensorBoardLog, image_grids
 
 #: Importance samples per image for ``eval_marginal``'s second estimate (a Student-t fitted to the
@@ -257,6 +265,9 @@ def train(
     if data is not None:
         training_split(data)  # test-only data fails here, before the run directory is touched
     device = resolve_device(config.device)
+    if config.autocast == "bfloat16" and device.type == "cpu" and not bfloat16_units():
+        message = "autocast='bfloat16' on a CPU without bfloat16 units (avx512_bf16 or AMX) is slower"
+        warnings.warn(message + " than float32, up to 25x (docs/speed.md)", stacklevel=2)
     with (
         lock_run_dir(config.path) as lock,  # before anything is written or deleted there
         TensorBoardLog(config.path / TB_DIR, config.tensorboard) as tb,  # opened at the 1st evaluation

@@ -148,7 +148,13 @@ def reference_runs(name: str) -> list[TrainConfig]:
             c
             for seed in (0, 1)
             for c in presets.figure2_configs(
-                3000, train_subset=500, test_subset=100, device="cpu", dtype=CI_DTYPE, seed=seed
+                3000,
+                train_subset=500,
+                test_subset=100,
+                device="cpu",
+                dtype=CI_DTYPE,
+                seed=seed,
+                compile=False,
             )
             if (c.dataset, c.latent_dim) in (("mnist", 3), ("frey_face", 2))
         ]
@@ -157,7 +163,13 @@ def reference_runs(name: str) -> list[TrainConfig]:
             c
             for size in (100, 300)
             for c in presets.figure3_configs(
-                6000, train_subset=size, test_subset=50, device="cpu", dtype=CI_DTYPE, eval_marginal=10
+                6000,
+                train_subset=size,
+                test_subset=50,
+                device="cpu",
+                dtype=CI_DTYPE,
+                eval_marginal=10,
+                compile=False,
             )
         ]
         for c in configs:

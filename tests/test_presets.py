@@ -26,6 +26,7 @@ def test_figure2_grid_is_the_papers():
             None,
         )
         assert c.lr_candidates == list(PAPER_STEP_SIZES) and c.pilot_samples == 20_000
+        assert c.compile  # the compiled step pays on every point (docs/speed.md)
         if c.dataset == "mnist":
             assert (c.decoder, c.hidden_dim, c.epochs, c.weight_decay) == ("bernoulli", 500, 50, 1 / 60_000)
         else:
@@ -73,6 +74,7 @@ def test_figure3_grid_is_the_papers_at_its_budget():
     assert [(c.train_subset, c.algorithm) for c in configs] == [
         (n, a) for n in (1000, 50_000) for a in ("aevb", "wake_sleep", "mcem")
     ]
+    assert [c.compile for c in configs] == [True, True, False] * 2  # MCEM's HMC is not compiled
     for c in configs:
         assert (c.dataset, c.decoder, c.binarize, c.latent_dim, c.hidden_dim) == (
             "mnist",

@@ -147,7 +147,8 @@ def figure2_configs(
     1/N (the N(0, I) prior on theta), Adagrad with the step size chosen from {0.01, 0.02, 0.1} by a
     pilot of min(20,000, budget / 10) samples, M = 100, L = 1, estimator B, no early stopping, and 8
     log-spaced evaluations per decade of training samples. ``epochs`` = ceil(budget / n_train).
-    ``overrides`` (any TrainConfig field) are applied last and win, ``epochs`` included.
+    The compiled step (``compile=True``). ``overrides`` (any TrainConfig field) are applied last and
+    win, ``epochs`` included.
     """
     seeds = (overrides.pop("seed"),) if "seed" in overrides else FIGURE2_SEEDS
     configs = []
@@ -174,6 +175,7 @@ def figure2_configs(
                     train_subset=train_subset,
                     test_subset=test_subset,
                     seed=seed,
+                    compile=True,  # pays after its compile cost on every point (docs/speed.md)
                 )
                 configs.append(TrainConfig(**{**values, **overrides}))
     return configs
@@ -192,8 +194,9 @@ def figure3_configs(
     decay 1/N, Adagrad, M = 100, L = 1, the step-size pilot for AEVB and wake-sleep;
     :data:`FIGURE3_MCEM_LR` for MCEM), ``budget`` training samples evaluated per curve
     (:data:`FIGURE3_BUDGETS`, or a number), and :data:`FIGURE3_EVALUATIONS` evenly spaced
-    evaluations of log p(x) on the first 1,000 training and test images (``eval_marginal``).
-    ``overrides`` (any TrainConfig field) are applied last and win.
+    evaluations of log p(x) on the first 1,000 training and test images (``eval_marginal``); the
+    compiled step for AEVB and wake-sleep. ``overrides`` (any TrainConfig field) are applied last
+    and win.
     """
     if isinstance(budget, str) and budget in FIGURE3_BUDGETS:
         samples = FIGURE3_BUDGETS[budget]
@@ -230,6 +233,7 @@ def figure3_configs(
                 lr_candidates=list(PAPER_STEP_SIZES),
                 pilot_samples=min(FIGURE2_PILOT_SAMPLES, max(1, samples // 10)),
                 epochs=math.ceil(samples / n_train("mnist", size)),
+                compile=True,  # MCEM's HMC has no compiled step
             )
         configs.append(TrainConfig(**{**common, **method, **overrides}))
     return configs

@@ -233,7 +233,7 @@ def figure3_configs(
                 lr_candidates=list(PAPER_STEP_SIZES),
                 pilot_samples=min(FIGURE2_PILOT_SAMPLES, max(1, samples // 10)),
                 epochs=math.ceil(samples / n_train("mnist", size)),
-                compile=True,  # MCEM's HMC has no compiled step
+                compile=True,  # AEVB and wake-sleep only: MCEM's HMC has no compiled step
             )
         configs.append(TrainConfig(**{**common, **method, **overrides}))
     return configs

@@ -1,9 +1,10 @@
 """The compiled step against the eager step on the paths the paper's figures train: AEVB and
 wake-sleep with Adagrad (M = 100) for Figure 2's MNIST model (784-500-N_z, Bernoulli decoder), its
 Frey Face model (560-200-N_z, Gaussian decoder) and Figure 3's (784-100-3), and Burda et al.'s Adam
-run for comparison.
+runs of notebook 07 (binarised, and grey levels with the continuous Bernoulli or Gaussian decoder).
 
     python benchmarks/bench_compiled_paths.py            # 1 thread, 8 rounds of 200-step slices
+    python benchmarks/bench_compiled_paths.py --only Adam      # the paths whose name says Adam
 
 Each path runs vae_utils' eager ``train_step`` and its compiled step (``TrainConfig(compile=True)``)
 from the same initialisation; the two take turns slice by slice and each keeps its fastest slice
@@ -49,6 +50,18 @@ PATHS = {
         algorithm="wake_sleep",
     ),
     "Burda et al. (784-200-200-50, Adam, M = 20)": {**BURDA_MODEL, "lr_schedule": "constant"},
+    "... grey levels, continuous Bernoulli (Adam)": {
+        **BURDA_MODEL,
+        "lr_schedule": "constant",
+        "decoder": "continuous_bernoulli",
+        "binarize": "none",
+    },
+    "... grey levels, Gaussian (Adam)": {
+        **BURDA_MODEL,
+        "lr_schedule": "constant",
+        "decoder": "gaussian",
+        "binarize": "none",
+    },
 }
 FIGURE_PROTOCOL = dict(init="paper", optimizer="adagrad", lr=0.02, weight_decay=1e-4, batch_size=100)
 
@@ -85,6 +98,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (sweep workers use 1)")
     parser.add_argument("--steps", type=int, default=200, help="steps per timed slice")
     parser.add_argument("--rounds", type=int, default=8, help="timed slices per loop (fastest kept)")
+    parser.add_argument("--only", default="", help="only the paths whose name contains this text")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
@@ -98,6 +112,8 @@ def main() -> None:
         f"{'compile':>8} {'ELBO diff':>10}"
     )
     for name, fields in PATHS.items():
+        if args.only not in name:
+            continue
         base = fields if "Adam" in name else {**FIGURE_PROTOCOL, **fields}
         eager_config = TrainConfig(**base, device="cpu")
         x = data[eager_config.dataset]

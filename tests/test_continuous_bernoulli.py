@@ -1,4 +1,4 @@
-"""The continuous Bernoulli of loss.py (Loaiza-Ganem & Cunningham, NeurIPS 2019) against
+"""vae_utils.continuous_bernoulli (Loaiza-Ganem & Cunningham, NeurIPS 2019) against
 independent references: the paper's own lambda-form of C(lambda), the mean and the log density,
 evaluated in decimal arithmetic with 60+ significant digits; torch.distributions.ContinuousBernoulli
 where it is accurate (|logit| <= 30 in float64: it clamps lambda and goes wrong beyond ~36);
@@ -14,14 +14,15 @@ import pytest
 import torch
 from torch.distributions import ContinuousBernoulli
 
-import vae_utils.loss as loss
-from vae_utils.loss import (
-    bernoulli_log_likelihood,
+import vae_utils.continuous_bernoulli as cb
+from vae_utils.continuous_bernoulli import (
     continuous_bernoulli_log_likelihood,
+    continuous_bernoulli_log_likelihood_traced,
     continuous_bernoulli_log_norm,
     continuous_bernoulli_mean,
     continuous_bernoulli_sample,
 )
+from vae_utils.loss import bernoulli_log_likelihood
 
 F32, F64 = torch.float32, torch.float64
 LAMBDA_1E6 = math.log(1e-6 / (1 - 1e-6))  # the logit of lambda = 1e-6: -13.8155...
@@ -36,7 +37,7 @@ def _around_series_thresholds():
     """The switch between the mean's series and its direct formula, and the floats either side."""
     out = []
     for dtype in (F32, F64):
-        t = torch.tensor(loss._cb_mean_series(dtype)[1], dtype=dtype)
+        t = torch.tensor(cb._cb_mean_series(dtype)[1], dtype=dtype)
         for v in (
             t,
             torch.nextafter(t, torch.tensor(0.0, dtype=dtype)),
@@ -265,12 +266,12 @@ def test_mean_limits_symmetry_and_order():
 def test_mean_series_coefficients_are_bernoulli_numbers():
     """E[x] = 1/2 + sum_k B_2k / (2k)! l^(2k-1): the stored coefficients are those numbers,
     correctly rounded (Bernoulli numbers from their recurrence, in exact fractions)."""
-    n = 2 * len(loss._CB_MEAN_TAYLOR)
+    n = 2 * len(cb._CB_MEAN_TAYLOR)
     b = [Fraction(1)]
     for m in range(1, n + 1):
         b.append(-sum(math.comb(m + 1, k) * b[k] for k in range(m)) / (m + 1))
-    expected = [float(b[2 * k] / math.factorial(2 * k)) for k in range(1, len(loss._CB_MEAN_TAYLOR) + 1)]
-    assert list(loss._CB_MEAN_TAYLOR) == expected
+    expected = [float(b[2 * k] / math.factorial(2 * k)) for k in range(1, len(cb._CB_MEAN_TAYLOR) + 1)]
+    assert list(cb._CB_MEAN_TAYLOR) == expected
     assert expected[:3] == [1 / 12, -1 / 720, 1 / 30240]
 
 
@@ -295,7 +296,7 @@ def test_gradients_are_finite_and_right_at_extreme_logits(dtype):
     threshold (where the branches meet) and huge, up to the largest float; x - 1/2 and 0 at l = 0;
     Var[x] close to its decimal value."""
     finfo = torch.finfo(dtype)
-    t = loss._cb_mean_series(dtype)[1]
+    t = cb._cb_mean_series(dtype)[1]
     values = [
         0.0,
         -0.0,
@@ -337,6 +338,29 @@ def test_gradients_are_finite_and_right_at_extreme_logits(dtype):
     assert grad_ll[:2].tolist() == [pytest.approx(-0.2, abs=finfo.eps)] * 2
     assert grad_c[:2].tolist() == [0.0, 0.0]
     assert grad_mean[:2].tolist() == [pytest.approx(1 / 12, rel=finfo.eps)] * 2
+
+
+@pytest.mark.parametrize("dtype", [F64, F32])
+def test_traced_log_likelihood_has_the_same_value_and_gradient(dtype):
+    """The compiled step's plain-op log density equals the autograd.Function's bit for bit, value and
+    gradient x - E[x], from l = 0 to 1e4, through autograd and through torch.func.grad (which cannot
+    trace the Function), batched as the step calls it ((L, B, D) logits, (B, D) x)."""
+    logits = torch.tensor(SMALL + MODERATE + LARGE, dtype=dtype)
+    logits = torch.stack([logits, -logits]).unsqueeze(1).repeat(1, 3, 1)  # L = 2, B = 3
+    x = torch.rand(logits.shape[1:], generator=torch.Generator().manual_seed(0), dtype=dtype)
+    x[0], x[1] = 0.0, 1.0
+    leaf = logits.clone().requires_grad_()
+    value = continuous_bernoulli_log_likelihood(leaf, x)
+    (grad,) = torch.autograd.grad(value.sum(), leaf)
+    traced_leaf = logits.clone().requires_grad_()
+    traced = continuous_bernoulli_log_likelihood_traced(traced_leaf, x)
+    (traced_grad,) = torch.autograd.grad(traced.sum(), traced_leaf)
+    func_grad, func_value = torch.func.grad_and_value(
+        lambda lg: continuous_bernoulli_log_likelihood_traced(lg, x).sum()
+    )(logits)
+    assert torch.equal(traced, value.detach()) and torch.equal(func_value, value.sum())
+    assert torch.equal(traced_grad, grad) and torch.equal(func_grad, grad)
+    assert torch.isfinite(grad).all()
 
 
 GRADCHECK_LOGITS = [

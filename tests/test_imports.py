@@ -12,6 +12,7 @@ LAYERS = (
     "config",
     "progress",
     "data",
+    "continuous_bernoulli",
     "loss",
     "model",
     "hmc",

@@ -478,6 +478,15 @@ COMPILED_OPTIMIZERS = {
     "gaussian wake-sleep": dict(
         algorithm="wake_sleep", decoder="gaussian", sigmoid_mean=True, optimizer="adagrad", lr=0.01, epochs=4
     ),
+    "continuous bernoulli": dict(decoder="continuous_bernoulli", binarize="none", optimizer="adam", epochs=4),
+    "continuous bernoulli wake-sleep": dict(
+        algorithm="wake_sleep",
+        decoder="continuous_bernoulli",
+        binarize="none",
+        optimizer="adagrad",
+        lr=0.01,
+        epochs=4,
+    ),
 }
 
 

@@ -1,6 +1,6 @@
-"""The compiled training step: AEVB or wake-sleep with the Bernoulli or Gaussian decoder, and Adam
-or Adagrad, as one graph (forward, backward and update; torch.func traced by torch.compile into inductor's C++
-kernels), 1.6-1.8x faster epochs on a CPU at small minibatches (docs/speed.md). Checkpoints are
+"""The compiled training step: AEVB or wake-sleep with any decoder (Bernoulli, continuous Bernoulli,
+Gaussian), and Adam or Adagrad, as one graph (forward, backward and update; torch.func traced by
+torch.compile into inductor's C++ kernels), 1.1-1.8x faster on a CPU (docs/speed.md). Checkpoints are
 interchangeable with the eager step's (:func:`vae_utils.steps.train_step`), and results agree to
 float rounding.
 """
@@ -14,6 +14,10 @@ from typing import NamedTuple
 import torch
 
 from vae_utils.config import TrainConfig
+from vae_utils.continuous_bernoulli import (
+    continuous_bernoulli_inverse_cdf,
+    continuous_bernoulli_log_likelihood_traced,
+)
 from vae_utils.loss import (
     bernoulli_pixel_log_likelihood,
     gaussian_log_density,
@@ -45,7 +49,7 @@ class Spec(NamedTuple):
     activation: str
     kl: str
     algorithm: str  # "aevb" or "wake_sleep"
-    decoder: str  # "bernoulli" or "gaussian"
+    decoder: str  # "bernoulli", "continuous_bernoulli" or "gaussian"
     min_logvar: float
     sigmoid_mean: bool
     bfloat16: bool  # forward and backward under torch.autocast to bfloat16 (TrainConfig.autocast)
@@ -61,11 +65,11 @@ class Spec(NamedTuple):
 def _decode(
     params: list[torch.Tensor], z: torch.Tensor, spec: Spec
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """The decoder's output from its parameters: Bernoulli logits, or the Gaussian's (mu, log sigma^2)
-    as :class:`vae_utils.model.GaussianDecoder` computes them, its softplus bound written as
-    softplus(y) = -log Bernoulli(0; sigmoid(y)) in plain ops."""
+    """The decoder's output from its parameters: (continuous) Bernoulli logits, or the Gaussian's
+    (mu, log sigma^2) as :class:`vae_utils.model.GaussianDecoder` computes them, its softplus bound
+    written as softplus(y) = -log Bernoulli(0; sigmoid(y)) in plain ops."""
     out = _mlp_apply(params, z, spec.activation)
-    if spec.decoder == "bernoulli":
+    if spec.decoder != "gaussian":
         return out
     mu, raw = out.chunk(2, dim=-1)
     if spec.sigmoid_mean:
@@ -74,10 +78,14 @@ def _decode(
     return mu, spec.min_logvar - bernoulli_pixel_log_likelihood(shifted, torch.zeros_like(shifted))
 
 
-def _log_prob(out: torch.Tensor | tuple[torch.Tensor, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+def _log_prob(
+    out: torch.Tensor | tuple[torch.Tensor, torch.Tensor], x: torch.Tensor, spec: Spec
+) -> torch.Tensor:
     """log p(x|z) summed over pixels, from :func:`_decode`'s output."""
     if isinstance(out, tuple):
         return gaussian_log_density(x, *out)
+    if spec.decoder == "continuous_bernoulli":
+        return continuous_bernoulli_log_likelihood_traced(out, x)
     return bernoulli_pixel_log_likelihood(out, x).sum(-1)
 
 
@@ -91,20 +99,23 @@ def _losses(
     AEVB: noise = (eps (L, B, N_z),), the loss is -ELBO. Wake-sleep: noise = (eps, z ~ p(z) (B, N_z),
     the fantasies' pixel noise (B, D)); the loss is the wake loss -E_q[log p(x|z)] (no gradient to
     the encoder) plus the sleep loss -log q(z|x~) (none to the decoder) of the fantasy x~: [u < y]
-    for the Bernoulli decoder (u uniform), mu + sigma e for the Gaussian (e normal)."""
+    for the Bernoulli decoder (u uniform), the inverse CDF at u for the continuous Bernoulli, mu +
+    sigma e for the Gaussian (e normal)."""
     enc, dec = params[:n_enc], params[n_enc:]
     mu, logvar = _mlp_apply(enc, x, spec.activation).chunk(2, dim=-1)
     if spec.algorithm == "wake_sleep":
         mu, logvar = mu.detach(), logvar.detach()
     eps = noise[0]
     z = mu + torch.exp(0.5 * logvar) * eps
-    recon = _log_prob(_decode(dec, z, spec), x).mean(0)
+    recon = _log_prob(_decode(dec, z, spec), x, spec).mean(0)
     if spec.algorithm == "wake_sleep":
         elbo = (recon - kl_standard_normal(mu, logvar).sum(-1)).mean()
         z_prior, pixel_noise = noise[1], noise[2]
         out = _decode([p.detach() for p in dec], z_prior, spec)
         if isinstance(out, tuple):
             fantasy = out[0] + torch.exp(0.5 * out[1]) * pixel_noise
+        elif spec.decoder == "continuous_bernoulli":
+            fantasy = continuous_bernoulli_inverse_cdf(out, pixel_noise)
         else:
             fantasy = (pixel_noise < torch.sigmoid(out)).to(x.dtype)
         mu_s, logvar_s = _mlp_apply(enc, fantasy, spec.activation).chunk(2, dim=-1)
@@ -195,8 +206,8 @@ def compiled_train_step(
     generator: torch.Generator,
     step: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`train_step` for AEVB or wake-sleep with the Bernoulli or Gaussian decoder and Adam or
-    Adagrad, as one compiled graph.
+    """:func:`train_step` for AEVB or wake-sleep with any decoder and Adam or Adagrad, as one
+    compiled graph.
 
     ``step`` is the compiled :func:`adam_step` or :func:`adagrad_step` to call; by default one
     compiled with inductor's C++ wrapper, once per process (the benchmark passes others).

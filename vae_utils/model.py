@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vae_utils import loss
+from vae_utils import continuous_bernoulli, loss
 from vae_utils.config import ACTIVATIONS, TrainConfig
 
 
@@ -117,7 +117,8 @@ class ContinuousBernoulliDecoder(BernoulliDecoder):
 
     The same network as :class:`BernoulliDecoder`; the log density adds the normaliser log C(lambda)
     to the Bernoulli cross-entropy. Its mean is *not* lambda (see
-    :func:`vae_utils.loss.continuous_bernoulli_mean`): reconstructions and manifolds show the mean.
+    :func:`vae_utils.continuous_bernoulli.continuous_bernoulli_mean`): reconstructions and
+    manifolds show the mean.
     """
 
     #: Unbounded: the density at x = 0 or 1 grows without limit as lambda -> 0 or 1.
@@ -125,13 +126,13 @@ class ContinuousBernoulliDecoder(BernoulliDecoder):
 
     @staticmethod
     def log_density(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return loss.continuous_bernoulli_log_likelihood(logits, x)
+        return continuous_bernoulli.continuous_bernoulli_log_likelihood(logits, x)
 
     def mean(self, z: torch.Tensor) -> torch.Tensor:
-        return loss.continuous_bernoulli_mean(self(z))
+        return continuous_bernoulli.continuous_bernoulli_mean(self(z))
 
     def sample(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return loss.continuous_bernoulli_sample(self(z), generator)
+        return continuous_bernoulli.continuous_bernoulli_sample(self(z), generator)
 
 
 class GaussianDecoder(PixelDecoder):

@@ -1,7 +1,9 @@
 """The compiled step against the eager step on the paths the paper's figures train: AEVB and
 wake-sleep with Adagrad (M = 100) for Figure 2's MNIST model (784-500-N_z, Bernoulli decoder), its
 Frey Face model (560-200-N_z, Gaussian decoder) and Figure 3's (784-100-3), and Burda et al.'s Adam
-runs of notebook 07 (binarised, and grey levels with the continuous Bernoulli or Gaussian decoder).
+runs of notebook 07 (binarised, and grey levels with the continuous Bernoulli or Gaussian decoder);
+and Figure 3's Monte Carlo EM E-step (one HMC transition of 10,000 rows, its log p(x, z) and gradient
+compiled).
 
     python benchmarks/bench_compiled_paths.py            # 1 thread, 8 rounds of 200-step slices
     python benchmarks/bench_compiled_paths.py --only Adam      # the paths whose name says Adam
@@ -11,7 +13,8 @@ from the same initialisation; the two take turns slice by slice and each keeps i
 (noise on a shared machine only adds time). Printed: seconds per 10^6 training samples, the ratio
 eager / compiled from the fastest slices and as the median of the rounds' paired ratios, the first
 (compiling) call, and the largest relative difference of the two loops' minibatch ELBOs over the
-first slice (the same random numbers: only float rounding differs).
+first slice (the same random numbers: only float rounding differs; for the E-step, of its acceptance
+rates).
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ import time
 import torch
 
 from vae_utils import VAE, TrainConfig, load_dataset
+from vae_utils.compiled_step import posterior_value_and_grad
 from vae_utils.data import batches, data_root
+from vae_utils.mcem import LEAPFROG_STEPS, MCEMState, e_step
 from vae_utils.presets import BURDA_MODEL
 from vae_utils.steps import make_optimizer, train_step
 
@@ -62,7 +67,12 @@ PATHS = {
         "decoder": "gaussian",
         "binarize": "none",
     },
+    "Figure 3, MCEM E-step (784-100-3, 10,000 rows)": dict(
+        algorithm="mcem", latent_dim=3, hidden_dim=100, binarize="none", patience=None
+    ),
 }
+#: Rows of the E-step's benchmark: Figure 3's chunk (vae_utils.mcem.E_STEP_CHUNK) at N = 50,000.
+E_STEP_ROWS = 10_000
 FIGURE_PROTOCOL = dict(init="paper", optimizer="adagrad", lr=0.02, weight_decay=1e-4, batch_size=100)
 
 
@@ -77,6 +87,7 @@ class Loop:
         self.generator = torch.Generator().manual_seed(0)
         self.data, self.config, self.elbos = data, config, []
         self.batches = iter(())
+        self.samples_per_step = config.batch_size
 
     def __call__(self, steps: int) -> None:
         for _ in range(steps):
@@ -87,7 +98,26 @@ class Loop:
             self.elbos.append(train_step(self.model, self.optimizer, x, self.config, self.generator)[0])
 
 
-def timed(loop: Loop, steps: int) -> float:
+class EStepLoop:
+    """MCEM's E-step (:func:`vae_utils.mcem.e_step`) on ``data``: each step one HMC transition of
+    every row's persistent z, N (10 + 1) samples evaluated; its acceptance rates are kept."""
+
+    def __init__(self, data: torch.Tensor, config: TrainConfig):
+        torch.manual_seed(0)
+        self.decoder = VAE.from_config(config, data.shape[1]).decoder
+        self.generator = torch.Generator().manual_seed(0)
+        self.state = MCEMState.start(len(data), config.latent_dim, self.generator, data.dtype, data.device)
+        self.value_and_grad = posterior_value_and_grad(self.decoder, config) if config.compile else None
+        self.data, self.elbos = data, []
+        self.samples_per_step = len(data) * (LEAPFROG_STEPS + 1)
+
+    def __call__(self, steps: int) -> None:
+        for _ in range(steps):
+            e_step(self.decoder, self.data, self.state, self.generator, value_and_grad=self.value_and_grad)
+            self.elbos.append(torch.tensor(self.state.acceptance))
+
+
+def timed(loop: Loop | EStepLoop, steps: int) -> float:
     start = time.perf_counter()
     loop(steps)
     return time.perf_counter() - start
@@ -117,19 +147,24 @@ def main() -> None:
         base = fields if "Adam" in name else {**FIGURE_PROTOCOL, **fields}
         eager_config = TrainConfig(**base, device="cpu")
         x = data[eager_config.dataset]
+        kind: type[Loop] | type[EStepLoop] = Loop
+        steps = args.steps
+        if eager_config.algorithm == "mcem":  # each step visits 10,000 rows: 2 per slice by default
+            kind, x, steps = EStepLoop, x[:E_STEP_ROWS], max(1, args.steps // 100)
         loops = {
-            "eager": Loop(x, eager_config),
-            "compiled": Loop(x, dataclasses.replace(eager_config, compile=True)),
+            "eager": kind(x, eager_config),
+            "compiled": kind(x, dataclasses.replace(eager_config, compile=True)),
         }
         compile_seconds = timed(loops["compiled"], 1)
         loops["eager"](1)
         times: dict[str, list[float]] = {k: [] for k in loops}
         for r in range(args.rounds):
             for key in ("eager", "compiled") if r % 2 == 0 else ("compiled", "eager"):
-                times[key].append(timed(loops[key], args.steps))
-        e, c = (torch.stack(loops[k].elbos[: args.steps]) for k in ("eager", "compiled"))
+                times[key].append(timed(loops[key], steps))
+        e, c = (torch.stack(loops[k].elbos[:steps]) for k in ("eager", "compiled"))
         difference = ((e - c).abs() / e.abs()).max().item()
-        per_million = {k: min(v) / (args.steps * eager_config.batch_size) * 1e6 for k, v in times.items()}
+        samples = steps * loops["eager"].samples_per_step
+        per_million = {k: min(v) / samples * 1e6 for k, v in times.items()}
         paired = statistics.median(a / b for a, b in zip(times["eager"], times["compiled"], strict=True))
         print(
             f"{name:<52} {per_million['eager']:7.1f}s {per_million['compiled']:8.1f}s "

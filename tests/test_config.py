@@ -282,7 +282,6 @@ def test_numpy_scalars_are_accepted_and_stored_as_python_numbers():
         (dict(lr_schedule="burda", optimizer="adam", epochs=7), "epochs", ">= 8 with lr_schedule='burda'"),
         (dict(decoder="continuous_bernoulli", binarize="static"), "binarize", "'none' with decoder="),
         (dict(decoder="gaussian", binarize="dynamic"), "binarize", "'none' with decoder="),
-        (dict(compile=True, algorithm="mcem", binarize="static", patience=None), "compile", "'mcem'"),
         (dict(eval_every=1000, eval_per_decade=8), "eval_every", "None when eval_per_decade is set"),
         (dict(autocast="bfloat16", dtype="float64"), "autocast", "'none' with dtype='float64' and"),
         (

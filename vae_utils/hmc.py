@@ -14,6 +14,8 @@ import torch
 
 #: log p(z) + log p(x|z) for each row of z (B, N_z): a (B,) tensor, differentiable in z.
 LogDensity = Callable[[torch.Tensor], torch.Tensor]
+#: z -> (the log density per row, its gradient in z), both detached: what the leapfrog needs.
+ValueAndGrad = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 #: App. E: MCEM tunes its step size "such that the acceptance rate was 90%".
 TARGET_ACCEPTANCE = 0.9
@@ -47,15 +49,20 @@ def leapfrog(
     grad: torch.Tensor,
     eps: torch.Tensor | float,
     n_steps: int,
+    value_and_grad: ValueAndGrad | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``n_steps`` leapfrog steps of Hamilton's equations for H(z, v) = -log density(z) + 1/2 |v|^2
     from (z, v), ``grad`` being the log density's gradient at z and ``eps`` the step (a number, or
     one per row: (B, 1)). Returns (z, v, log density, gradient) at the end. Volume-preserving and
-    reversible: from the end with -v it returns to the start; its energy error is O(eps^2)."""
+    reversible: from the end with -v it returns to the start; its energy error is O(eps^2).
+    ``value_and_grad``, when given, computes (log density, gradient) instead of autograd on
+    ``log_density`` (MCEM's compiled E-step: :func:`vae_utils.compiled_step.posterior_value_and_grad`)."""
+    if value_and_grad is None:
+        value_and_grad = lambda z: log_density_and_grad(log_density, z)  # noqa: E731
     z, v = z.detach(), v + 0.5 * eps * grad
     for i in range(n_steps):
         z = z + eps * v
-        value, grad = log_density_and_grad(log_density, z)
+        value, grad = value_and_grad(z)
         v = v + (eps if i < n_steps - 1 else 0.5 * eps) * grad
     return z, v, value, grad
 
@@ -67,6 +74,7 @@ def hmc_transition(
     n_leapfrog: int,
     generator: torch.Generator,
     current: tuple[torch.Tensor, torch.Tensor] | None = None,
+    value_and_grad: ValueAndGrad | None = None,
 ) -> Transition:
     """One HMC transition for each row of ``z`` (B, N_z), all rows at once.
 
@@ -76,16 +84,21 @@ def hmc_transition(
     min(1, exp(H_before - H_after)), on its own. A proposal whose energy is not finite is rejected.
     ``current`` is (log density, gradient) at ``z`` when the caller has them (the previous
     transition's ``log_density`` and ``grad``), saving one evaluation. Costs ``n_leapfrog`` + 1
-    evaluations of the log density and its gradient, or ``n_leapfrog`` with ``current``.
+    evaluations of the log density and its gradient, or ``n_leapfrog`` with ``current``; with
+    ``value_and_grad`` (see :func:`leapfrog`) each is one call of it.
     """
     if n_leapfrog < 1:
         raise ValueError(f"n_leapfrog = {n_leapfrog!r} is invalid: allowed an integer >= 1")
     if not step_size > 0 or not math.isfinite(step_size):
         raise ValueError(f"step_size = {step_size!r} is invalid: allowed a finite number > 0")
-    value0, grad = current if current is not None else log_density_and_grad(log_density, z)
+    if current is None:
+        current = log_density_and_grad(log_density, z) if value_and_grad is None else value_and_grad(z)
+    value0, grad = current
     v0 = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
     sign = torch.randint(0, 2, (len(z), 1), generator=generator, device=z.device).to(z.dtype) * 2 - 1
-    z_new, v, value, grad_new = leapfrog(log_density, z, v0, grad, step_size * sign, n_leapfrog)
+    z_new, v, value, grad_new = leapfrog(
+        log_density, z, v0, grad, step_size * sign, n_leapfrog, value_and_grad
+    )
     log_ratio = (value - 0.5 * v.pow(2).sum(-1)) - (value0 - 0.5 * v0.pow(2).sum(-1))  # H_before - H_after
     u = torch.rand(len(z), generator=generator, dtype=z.dtype, device=z.device)
     accepted = torch.isfinite(log_ratio) & (u.log() < log_ratio)

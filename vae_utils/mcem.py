@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import torch
 
-from vae_utils.hmc import adapt_step_size, hmc_transition
+from vae_utils.hmc import ValueAndGrad, adapt_step_size, hmc_transition
 from vae_utils.loss import Decoder, standard_normal_log_density
 from vae_utils.marginal_likelihood import posterior_log_density
 
@@ -56,16 +57,26 @@ def e_step(
     generator: torch.Generator,
     n_leapfrog: int = LEAPFROG_STEPS,
     chunk: int = E_STEP_CHUNK,
+    value_and_grad: Callable[[torch.Tensor], ValueAndGrad] | None = None,
 ) -> float:
     """One HMC transition of every training point's z under the current decoder, then the step size
     adapted toward 90 % acceptance from this transition's rate. Counts N (n_leapfrog + 1)
-    evaluations (the gradient at the start, then one per leapfrog step). Returns the rate."""
+    evaluations (the gradient at the start, then one per leapfrog step). Returns the rate.
+    ``value_and_grad(x)``, when given, makes the (log p(x, z), gradient) function of a chunk of
+    x (the compiled step's :func:`vae_utils.compiled_step.posterior_value_and_grad`)."""
     accepted = 0
     with torch.no_grad():
         for start in range(0, len(x_train), chunk):
             rows = slice(start, start + chunk)
-            log_density = posterior_log_density(decoder, x_train[rows])
-            out = hmc_transition(log_density, state.z[rows], state.step_size, n_leapfrog, generator)
+            x = x_train[rows]
+            out = hmc_transition(
+                posterior_log_density(decoder, x),
+                state.z[rows],
+                state.step_size,
+                n_leapfrog,
+                generator,
+                value_and_grad=None if value_and_grad is None else value_and_grad(x),
+            )
             state.z[rows] = out.z
             accepted += int(out.accepted.sum())
     state.evaluations += len(x_train) * (n_leapfrog + 1)
@@ -107,13 +118,15 @@ def mcem_epoch(
     state: MCEMState,
     batch_size: int,
     generator: torch.Generator,
+    value_and_grad: Callable[[torch.Tensor], ValueAndGrad] | None = None,
 ) -> torch.Tensor:
     """One MCEM "epoch": one iteration, an E-step that visits every training point once and the
     M-step's updates, in the form of :func:`vae_utils.steps.train_epoch`'s result: an (updates, 2)
     tensor whose column 0 holds each update's mean log p(x, z) (the objective), column 1 its
     negative. At N = 50,000 an iteration evaluates 550,500 datapoints, so Figure 3 can evaluate
-    between iterations (a pass of the M-step alone would take 100 of them)."""
-    e_step(decoder, x_train, state, generator)
+    between iterations (a pass of the M-step alone would take 100 of them). ``value_and_grad``: as
+    for :func:`e_step`."""
+    e_step(decoder, x_train, state, generator, value_and_grad=value_and_grad)
     values = m_step(decoder, optimizer, x_train, state, batch_size, generator)
     return torch.stack([values, -values], dim=1)
 

@@ -221,6 +221,7 @@ def figure3_configs(
             eval_marginal=FIGURE3_EVAL_IMAGES,
             train_subset=size,
             test_subset=test_subset,
+            compile=True,  # AEVB's and wake-sleep's steps; MCEM's E-step (docs/speed.md)
         )
         method: dict[str, Any]
         if algorithm == "mcem":
@@ -233,7 +234,6 @@ def figure3_configs(
                 lr_candidates=list(PAPER_STEP_SIZES),
                 pilot_samples=min(FIGURE2_PILOT_SAMPLES, max(1, samples // 10)),
                 epochs=math.ceil(samples / n_train("mnist", size)),
-                compile=True,  # AEVB and wake-sleep only: MCEM's HMC has no compiled step
             )
         configs.append(TrainConfig(**{**common, **method, **overrides}))
     return configs

@@ -14,6 +14,7 @@ import warnings
 import pandas as pd
 import torch
 
+from vae_utils.compiled_step import posterior_value_and_grad
 from vae_utils.config import BURDA_EPOCHS, BURDA_STAGES, TrainConfig
 from vae_utils.data import Data, batches, load_config_data
 from vae_utils.loss import evaluate, importance_weighted_log_likelihood
@@ -348,7 +349,11 @@ def _train_locked(
         for group in optimizer.param_groups:
             group["lr"] = scheduled_lr(config, epoch, lr)
         if state.mcem is not None:
-            out = mcem_epoch(model.decoder, optimizer, x_train, state.mcem, config.batch_size, data_gen)
+            compiled = config.compile and device.type == "cpu"
+            value_and_grad = posterior_value_and_grad(model.decoder, config) if compiled else None
+            out = mcem_epoch(
+                model.decoder, optimizer, x_train, state.mcem, config.batch_size, data_gen, value_and_grad
+            )
         else:
             out = train_epoch(
                 model, optimizer, data, config, data_gen, progress and interactive(), f"epoch {epoch}"

@@ -29,6 +29,7 @@ LAYERS = (
     "analysis",
     "plotting",
     "figure2",
+    "prior_mismatch",
     "figure3",
     "likelihoods",
     "mathml",

@@ -1,6 +1,8 @@
 """Value tests for the computations behind the notebooks' figures (vae_utils.plotting), and a
 warning-free smoke test of every plotting function (a warning would break the nbval references)."""
 
+import dataclasses
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -15,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from vae_utils import analysis, figure2, likelihoods, plotting
+from vae_utils import analysis, figure2, likelihoods, plotting, prior_mismatch
 from vae_utils.config import REGIMES, TrainConfig
 from vae_utils.loss import posterior_statistics
 from vae_utils.model import VAE
@@ -209,12 +211,12 @@ def test_prior_mismatch_table_finds_the_unit_whose_codes_leave_the_prior(monkeyp
     """Unit 1's codes all sit at N(-1, 1/4): KL 1/2 (1/4 - log 1/4) = 0.818 nats from N(0, 1), and
     P(|z - (-1)| > 3/2) = Phi(-2.5) + 1 - Phi(0.5) = 0.315 of the prior's draws lie off them."""
     monkeypatch.setattr(
-        figure2,
+        prior_mismatch,
         "load_test_data",
         lambda configs: [SimpleNamespace(x_test=torch.rand(40, 784))] * len(configs),
     )
     runs = {"shifted": _constant_code_run(-1.0, math.log(0.25)), "prior": _constant_code_run(0.0, 0.0)}
-    table = figure2.prior_mismatch_table(runs)
+    table = prior_mismatch.prior_mismatch_table(runs)
     row = table.loc["shifted"]
     assert (row["unit j furthest from p"], row["q(z_j) mean"], row["q(z_j) variance"]) == (1, -1.0, 0.25)
     assert row["KL(q(z_j) || p(z_j))"] == pytest.approx(0.5 * (0.25 - math.log(0.25)), abs=1e-3)
@@ -223,11 +225,11 @@ def test_prior_mismatch_table_finds_the_unit_whose_codes_leave_the_prior(monkeyp
     assert table.loc["prior", "KL(q(z) || p(z)), all units"] == 0.0
     assert table.loc["prior", "prior draws off the codes"] == pytest.approx(0.003, abs=1e-3)  # 3 sigma
 
-    assert figure2.prior_mismatch_summary(table) == (
+    assert prior_mismatch.prior_mismatch_summary(table) == (
         "MNIST, N_z = 2, AEVB: the codes of unit 1 have mean -1.00 and variance 0.25, so 31.5% of the "
         "draws z ~ p(z) fall more than 3 of their standard deviations away"
     )
-    (figure,) = figure2.plot_unit_traverses(runs, table)  # one dataset: its worst run only
+    (figure,) = prior_mismatch.plot_unit_traverses(runs, table)  # one dataset: its worst run only
     labels = [ax.get_ylabel() for ax in figure.axes if ax.get_ylabel()]
     assert labels == ["z_1 = -2", "z_1 = -1", "z_1 = 0", "z_1 = 1", "z_1 = 2"]
     assert len(figure.axes) == 5 * 8 and "N_z = 2" in figure._suptitle.get_text()
@@ -327,6 +329,26 @@ def test_figure2_axes_say_where_the_bounds_sit():
     assert lines[-1] == "Frey Face WS   final test bounds    564.0 ..    564.0   (paper's axis 0 .. 1600)"
 
 
+def test_z_ignored_exits_say_when_each_seed_left_the_line():
+    """Frey Face's line is at 563.5: wake-sleep's test bounds 549, 559, 564 never get 5 nats above it;
+    a second seed at 560, 570, 600 stays above from 10^4 on."""
+    one = figure2_long().assign(seed=0)
+    lifted = one[(one["dataset"] == "frey_face") & (one["algorithm"] == "wake_sleep")].assign(seed=1)
+    lifted.loc[lifted["split"] == "test", "elbo"] = [560.0, 570.0, 600.0]
+    assert figure2.z_ignored_exits(one, BASELINES).splitlines() == [
+        "wake-sleep, MNIST N_z = 3: left it after 1 × 10⁴ samples",  # -211 at 10^3 is below -200.8
+        "wake-sleep, Frey Face N_z = 2: still on it at the end (1 × 10⁵)",
+    ]
+    assert figure2.z_ignored_exits(pd.concat([one, lifted]), BASELINES).splitlines()[1] == (
+        "wake-sleep, Frey Face N_z = 2: left it after 1 × 10⁴ samples in 1 of 2 seeds; "
+        "still on it at the end (1 × 10⁵) in 1 of 2 seeds"
+    )
+    assert figure2.z_ignored_exits(one, BASELINES, "aevb").splitlines() == [
+        "AEVB, MNIST N_z = 3: left it after 1 × 10⁴ samples",  # -201 at 10^3 is just below -200.8
+        "AEVB, Frey Face N_z = 2: left it after 1 × 10⁴ samples",  # 499 < 568.5 < 690
+    ]
+
+
 def test_plot_figure2_draws_the_z_ignored_line_in_its_panel():
     fig = figure2.plot_figure2(figure2_long(), BASELINES)
     frey = next(ax for ax in fig.axes if ax.get_title().startswith("Frey Face"))
@@ -361,6 +383,17 @@ def test_figure2_protocol_figure5_and_figure4a_from_runs():
     assert protocol.index[0] == ("frey_face", 2, "aevb") and len(protocol) == 6
     assert protocol.loc[("mnist", 5, "wake_sleep"), "weight decay"] == "1/1765"
     assert protocol.loc[("mnist", 5, "wake_sleep"), "training samples"] == 3000
+    assert "seeds" not in protocol and "seed" not in protocol
+    seeded = {  # three seeds of one curve: one row, the seeds listed, the pilot's choices per seed
+        f"s{seed}": dataclasses.replace(a_run(seed=seed, hidden_dim=8), lr=lr)
+        for seed, lr in ((2, 0.1), (0, 0.02), (1, 0.02))
+    }
+    row = figure2.figure2_protocol(seeded).loc[("mnist", 2, "aevb")]
+    assert (row["seeds"], row["step size (pilot's choice)"], row["epochs"]) == (
+        "0, 1, 2",
+        "0.02, 0.02, 0.1",
+        3,
+    )
     figures = figure2.plot_figure5(points, runs, seed=0, n=4)
     assert [f._suptitle.get_text().split(":")[0] for f in figures] == ["MNIST", "Frey Face"]
     assert [ax.get_ylabel() for ax in figures[0].axes[::4]] == ["N_z = 3", "N_z = 5"]  # AEVB only

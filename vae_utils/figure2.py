@@ -1,9 +1,10 @@
 """Notebook 06: the paper's Figure 2 (AEVB against wake-sleep over N_z), its claims checked one by
-one, Figure 5's samples and the prior draws that land off the codes, Figure 4(a) for Frey Face."""
+one, Figure 5's samples and Figure 4(a) for Frey Face (:mod:`vae_utils.prior_mismatch` has the
+prior draws that land off the codes)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
@@ -11,7 +12,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vae_utils.analysis import load_test_data
 from vae_utils.plotting import NATS, plot_image_rows, plot_manifold
 
 if TYPE_CHECKING:  # annotations only
@@ -33,8 +33,9 @@ PAPER_FIGURE2_YRANGE = {"mnist": (-150.0, -100.0), "frey_face": (0.0, 1600.0)}
 
 def figure2_protocol(runs: Mapping[str, Run]) -> pd.DataFrame:
     """What each run of a Figure 2 sweep was: its model, initialisation, weight decay, the step size
-    its pilot chose, and how far it trained. One row per (dataset, N_z, algorithm), and per seed
-    when the runs have several."""
+    its pilot chose, and how far it trained. One row per (dataset, N_z, algorithm); with several
+    seeds, a ``seeds`` column lists them and a column whose value differs between them lists each
+    seed's, in the same order (the pilot's step sizes, say)."""
     rows = [
         {
             "dataset": r.config.dataset,
@@ -51,9 +52,22 @@ def figure2_protocol(runs: Mapping[str, Run]) -> pd.DataFrame:
         }
         for r in runs.values()
     ]
-    table = pd.DataFrame(rows)
-    index = ["dataset", "N_z", "algorithm"] + (["seed"] if table["seed"].nunique() > 1 else [])
-    return table.drop(columns=[c for c in ["seed"] if c not in index]).sort_values(index).set_index(index)
+    index = ["dataset", "N_z", "algorithm"]
+    table = pd.DataFrame(rows).sort_values([*index, "seed"])
+
+    def one(values: pd.Series) -> object:  # the value all seeds share, else each seed's
+        return (
+            values.iloc[0]
+            if values.nunique() == 1
+            else ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+        )
+
+    grouped = table.groupby(index, sort=False).agg(one)
+    return (
+        grouped.rename(columns={"seed": "seeds"})
+        if table["seed"].nunique() > 1
+        else grouped.drop(columns="seed")
+    )
 
 
 def figure2_histories(points: pd.DataFrame) -> pd.DataFrame:
@@ -334,6 +348,51 @@ def figure2_claims(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def z_ignored_exits(
+    long: pd.DataFrame, baselines: pd.DataFrame, algorithm: str = "wake_sleep", margin: float = 5.0
+) -> str:
+    """When the runs of ``algorithm`` left the "z ignored" line (:func:`figure2_baselines`): per panel,
+    over the seeds, the training samples after which the test bound stays more than ``margin`` nats
+    above the line (its first evaluation when it never was below), and how many seeds never did."""
+    lines = []
+    for name, z in _panels(long):
+        runs = long[
+            (long["dataset"] == name)
+            & (long["latent_dim"] == z)
+            & (long["algorithm"] == algorithm)
+            & (long["split"] == "test")
+        ]
+        if name not in baselines.index or runs.empty:
+            continue
+        exits, never, line = [], 0, float(baselines["test"][name])
+        for _, run in runs.sort_values("samples").groupby("seed"):
+            below = np.flatnonzero(run["elbo"].to_numpy() <= line + margin)
+            if len(below) == len(run):
+                never += 1
+            else:
+                exits.append(int(run["samples"].iloc[below[-1] + 1 if len(below) else 0]))
+        n = len(exits) + never
+        said = []
+        if exits:
+            low, high = _power_of_ten(min(exits)), _power_of_ten(max(exits))
+            said.append(f"left it after {low}" + (f" to {high}" if high != low else "") + " samples")
+            said[-1] += f" in {len(exits)} of {n} seeds" if never else ""
+        if never:
+            said.append(f"still on it at the end ({_power_of_ten(runs['samples'].max())})")
+            said[-1] += f" in {never} of {n} seeds" if n > 1 else ""
+        label = f"{ALGORITHM_LABELS.get(algorithm, algorithm)}, {DATASET_LABELS.get(name, name)} N_z = {z}"
+        lines.append(f"{label}: " + "; ".join(said))
+    return "\n".join(lines)
+
+
+def _power_of_ten(n: float) -> str:
+    """2372160 -> '2.4 × 10⁶' (two significant digits)."""
+    mantissa, exponent = f"{n:.1e}".split("e")
+    return f"{mantissa.removesuffix('.0')} × 10" + str(int(exponent)).translate(
+        str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+    )
+
+
 def figure2_axes(table: pd.DataFrame) -> str:
     """Where :func:`figure2_table`'s final test bounds sit against the y ranges of the paper's
     Figure 2 panels: one line per dataset and algorithm."""
@@ -374,92 +433,6 @@ def plot_figure5(
             title = f"{DATASET_LABELS.get(dataset, dataset)}: decoder means of {n} draws z ~ p(z), AEVB"
             figures.append(plot_image_rows(rows, IMAGE_SHAPES[dataset], suptitle=title))
     return figures
-
-
-@torch.no_grad()
-def prior_mismatch_table(runs: Mapping[str, Run]) -> pd.DataFrame:
-    """Where p(z) and the codes disagree: for each run (point -> run), on its test images, the latent
-    unit whose aggregate posterior q(z_j) (:func:`vae_utils.loss.posterior_statistics`) is furthest
-    from the prior N(0, 1) by KL, its mean and variance, and the share (0 to 1) of prior draws
-    z_j ~ N(0, 1) that fall more than 3 standard deviations of q(z_j) from its mean, where hardly
-    any code lies and the decoder was never trained. Also the active units and the KL summed over
-    all units."""
-    from vae_utils.loss import posterior_statistics
-
-    data = load_test_data([r.config for r in runs.values()])
-    normal = torch.distributions.Normal(0.0, 1.0)
-    rows = []
-    for (point, run), d in zip(runs.items(), data, strict=True):
-        stats = posterior_statistics(run.model, d.x_test)
-        j = int(stats["aggregate_kl"].argmax())
-        mean, sd = stats["aggregate_mean"][j], stats["aggregate_var"][j].sqrt()
-        outside = normal.cdf(mean - 3 * sd) + 1 - normal.cdf(mean + 3 * sd)
-        rows.append(
-            {
-                "point": point,
-                "dataset": DATASET_LABELS.get(run.config.dataset, run.config.dataset),
-                "N_z": run.config.latent_dim,
-                "algorithm": ALGORITHM_LABELS.get(run.config.algorithm, run.config.algorithm),
-                "active units": int(stats["active"].sum()),
-                "KL(q(z) || p(z)), all units": round(float(stats["aggregate_kl"].sum()), 2),
-                "unit j furthest from p": j,
-                "q(z_j) mean": round(float(mean), 2),
-                "q(z_j) variance": round(float(sd**2), 2),
-                "KL(q(z_j) || p(z_j))": round(float(stats["aggregate_kl"][j]), 3),
-                "prior draws off the codes": round(float(outside), 3),
-            }
-        )
-    return pd.DataFrame(rows).set_index("point")
-
-
-@torch.no_grad()
-def plot_unit_traverse(
-    run: Run, unit: int, values: Sequence[float] = (-2, -1, 0, 1, 2), n: int = 8, seed: int = 0
-) -> plt.Figure:
-    """Decoder means of ``n`` prior draws z ~ p(z) (seeded with ``seed``), one row per value that
-    latent unit ``unit`` is set to: what the decoder makes of each region of that unit."""
-    from vae_utils.data import IMAGE_SHAPES
-
-    model = run.model
-    z = model.sample_prior(n, torch.Generator().manual_seed(seed))
-    rows = {}
-    for v in values:
-        z[:, unit] = v
-        rows[f"z_{unit} = {v:g}"] = model.decode(z)
-    name = DATASET_LABELS.get(run.config.dataset, run.config.dataset)
-    title = f"{name}, N_z = {run.config.latent_dim}: {n} draws z ~ p(z) with unit {unit} set"
-    return plot_image_rows(rows, IMAGE_SHAPES[run.config.dataset], suptitle=title)
-
-
-def _most_off_the_codes(mismatch: pd.DataFrame) -> list[pd.Series]:
-    """Per dataset of :func:`prior_mismatch_table`, its row with the most prior draws off the codes."""
-    return [
-        rows.sort_values("prior draws off the codes").iloc[-1]
-        for _, rows in mismatch.groupby("dataset", sort=False)
-    ]
-
-
-def prior_mismatch_summary(mismatch: pd.DataFrame) -> str:
-    """One line per dataset of :func:`prior_mismatch_table`: its run with the largest share of
-    prior draws off the codes, which unit, and the moments of that unit's codes."""
-    lines = []
-    for worst in _most_off_the_codes(mismatch):
-        lines.append(
-            f"{worst['dataset']}, N_z = {worst['N_z']}, {worst['algorithm']}: the codes of unit "
-            f"{worst['unit j furthest from p']} have mean {worst['q(z_j) mean']:.2f} and variance "
-            f"{worst['q(z_j) variance']:.2f}, so {worst['prior draws off the codes']:.1%} of the draws "
-            "z ~ p(z) fall more than 3 of their standard deviations away"
-        )
-    return "\n".join(lines)
-
-
-def plot_unit_traverses(runs: Mapping[str, Run], mismatch: pd.DataFrame, seed: int = 0) -> list[plt.Figure]:
-    """For each dataset, the run of ``mismatch`` (:func:`prior_mismatch_table`) with the largest
-    share of prior draws off its codes, traversed along that unit (:func:`plot_unit_traverse`)."""
-    return [
-        plot_unit_traverse(runs[str(worst.name)], int(worst["unit j furthest from p"]), seed=seed)
-        for worst in _most_off_the_codes(mismatch)
-    ]
 
 
 def plot_figure4a(points: pd.DataFrame, runs: Mapping[str, Run], grid_size: int = 12) -> plt.Axes | None:

@@ -248,7 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument(
         "--preset",
         choices=sorted(PRESETS),
-        help="a predefined grid: figure2 (18 points) or likelihoods (5 runs for notebook 07)",
+        help="a predefined grid, then its report: "
+        + "; ".join(
+            f"{name} ({len(PRESETS[name]('cpu'))} points, then {nb})" for name, (nb, _, _) in REPORTS.items()
+        ),
     )
     grid.add_argument(
         "--name",
@@ -297,10 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--no-report",
         action="store_true",
-        help="do not execute the preset's notebook (06_figure2 or 07_likelihoods)",
+        help="do not execute the preset's notebook (" + ", ".join(nb for nb, _, _ in REPORTS.values()) + ")",
     )
     report.add_argument(
-        "--reports-dir", type=Path, default=None, help="default reports/figure2/ or reports/likelihoods/"
+        "--reports-dir",
+        type=Path,
+        default=None,
+        help="default reports/<preset>/ (" + ", ".join(f"reports/{name}/" for name in REPORTS) + ")",
     )
     return parser
 

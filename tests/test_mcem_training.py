@@ -160,6 +160,28 @@ def test_compiled_mcem_matches_the_eager_e_step_reproduces_and_resumes_exactly(
     )
 
 
+def test_an_mcem_evaluation_that_fails_is_never_the_best(tmp_path, shared_data, data, monkeypatch):
+    """MCEM is judged by its test log p(x) (App. D). An evaluation whose estimate came out NaN must
+    not replace best.pt, nor stop later evaluations from becoming the best."""
+    import vae_utils.training as T
+
+    real, calls = T.hmc_log_px, {"n": 0}
+
+    def failing_in_epoch_2(*args, **kwargs):
+        calls["n"] += 1
+        estimate = real(*args, **kwargs)
+        return estimate._replace(log_px=estimate.log_px * math.nan) if calls["n"] in (3, 4) else estimate
+
+    monkeypatch.setattr(T, "hmc_log_px", failing_in_epoch_2)
+    run = train(mcem_config(tmp_path / "run", shared_data, epochs=3), progress=False, data=data)
+    scores = run.history["test_log_px_hmc"]
+    assert math.isnan(scores[1]) and not scores.drop(1).isna().any()
+    best = int(run.history.loc[scores.idxmax(), "epoch"])
+    assert run.best_epoch == best and best in (1, 3)
+    saved = torch.load(run.path / "best.pt", weights_only=False)
+    assert saved["state"]["best_epoch"] == best
+
+
 def test_the_same_seed_gives_the_same_mcem_history(tmp_path, shared_data, data):
     a, b = (train(mcem_config(tmp_path / n, shared_data, epochs=2), progress=False, data=data) for n in "ab")
     pd.testing.assert_frame_equal(without_seconds(a.history), without_seconds(b.history), check_exact=True)

@@ -426,8 +426,10 @@ def _evaluate(
     state.seconds += time.perf_counter() - started
     row["seconds"] = state.seconds
     score = row.get("test_log_px_hmc", math.nan) if state.mcem is not None else row["test_elbo"]
-    # MCEM without eval_marginal has no score: each evaluation's model is kept as the best
-    is_best = score > state.best_elbo if not math.isnan(score) else state.mcem is not None
+    # MCEM without eval_marginal has no score: each evaluation's model is kept as the best. A NaN
+    # score otherwise (an estimate that failed) never is: the best so far stays.
+    unscored = state.mcem is not None and config.eval_marginal is None
+    is_best = unscored or (not math.isnan(score) and score > state.best_elbo)
     if is_best:
         state.best_elbo, state.best_epoch, state.bad_epochs = score, state.epoch, 0
     else:

@@ -11,7 +11,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from vae_utils import index_page, notebook_runner, study
-from vae_utils.config import TrainConfig
+from vae_utils.config import PROJECT_ROOT, TrainConfig
 
 
 def plan(argv: list[str]) -> study.Study:
@@ -193,6 +193,22 @@ def test_declared_parameters(tiny_notebooks):
         notebook_runner.NotebookError, match=r"does not declare parameter\(s\) \['iw_subset'\]"
     ):
         study.declared_parameters(path, {"run_dir": "r", "iw_subset": 3}, explicit={"iw_subset": 3})
+
+
+def test_the_kernel_imports_this_checkouts_package(tmp_path, monkeypatch):
+    """Another vae_utils first on the inherited PYTHONPATH (a second checkout, or an editable install
+    of one): the kernels of run_notebook still import this one, whose folders the study writes to."""
+    other = tmp_path / "other_checkout" / "vae_utils"
+    other.mkdir(parents=True)
+    (other / "__init__.py").write_text("")
+    monkeypatch.setenv("PYTHONPATH", str(other.parent))
+    (tmp_path / "nbs").mkdir()
+    tiny_notebook(tmp_path / "nbs" / "probe.ipynb", "x = 0", "import vae_utils\nprint(vae_utils.__file__)")
+    out = notebook_runner.run_notebook(
+        "probe", {}, tmp_path / "probe.ipynb", cwd=tmp_path, notebooks_dir=tmp_path / "nbs", stream=False
+    )
+    printed = nbformat.read(out, as_version=4).cells[-1].outputs[0].text.strip()
+    assert printed == str(PROJECT_ROOT / "vae_utils" / "__init__.py")
 
 
 def test_run_study_end_to_end(tiny_notebooks, tmp_path, capsys):

@@ -5,12 +5,13 @@ notebook, cell and error.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from vae_utils.config import NOTEBOOKS_DIR, display_path
+from vae_utils.config import NOTEBOOKS_DIR, PROJECT_ROOT, display_path
 
 
 class NotebookError(RuntimeError):
@@ -96,9 +97,12 @@ def run_notebook(
 
     With ``stream`` the notebook's stdout and stderr are forwarded, line by line, as it runs.
     A failing cell raises :class:`NotebookFailed`; the partly executed notebook stays at ``output``.
+    The kernel imports this ``vae_utils`` (the one running this function), not whichever the
+    environment's install points at: ``PROJECT_ROOT`` goes first on the ``PYTHONPATH`` it inherits.
     """
     import papermill
 
+    _import_this_package_in_subprocesses()
     streams = dict(stdout_file=_LineStream(sys.stdout), stderr_file=_LineStream(sys.stderr)) if stream else {}
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -120,6 +124,15 @@ def run_notebook(
         if output.exists():
             tidy_metadata(output)
     return output
+
+
+def _import_this_package_in_subprocesses() -> None:
+    """Put ``PROJECT_ROOT`` first on this process's ``PYTHONPATH`` (once), so that the kernels it
+    starts import the same checkout's package: with two checkouts, an editable install of the other
+    one would otherwise hand the kernels that one's code, and its folders for runs and reports."""
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if paths[0] != str(PROJECT_ROOT):
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), *filter(None, paths)])
 
 
 _IMAGES = ("image/png", "image/jpeg", "image/svg+xml")

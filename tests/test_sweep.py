@@ -306,6 +306,21 @@ def test_a_sweep_of_another_grid_fails_before_starting(sched_sweep, monkeypatch)
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()} == before
 
 
+def test_a_finished_sweep_run_again_starts_nothing_and_keeps_its_record(sched_sweep, tmp_path, monkeypatch):
+    """Every point done: a rerun (for its report, say) starts no cluster and leaves sweep.json, the
+    record of the run that did the work, byte for byte."""
+    monkeypatch.setattr(sweep_engine, "_connect", lambda *a: pytest.fail("a cluster was started"))
+    folder = tmp_path / "sched"
+    shutil.copytree(sched_sweep["folder"], folder)
+    record = (folder / "sweep.json").read_bytes()
+    argv = [*sched_sweep["argv"]]
+    argv[argv.index("--sweeps-dir") + 1] = str(tmp_path)
+    rc, out, err = run_main(argv)
+    assert rc == 0, out + err
+    assert "4 points, 4 already done" in out and "nothing to run" in out
+    assert (folder / "sweep.json").read_bytes() == record
+
+
 def test_resume_after_interrupt_finishes_only_the_missing_point(sched_sweep, tmp_path, monkeypatch):
     """One point interrupted after its first evaluation (Ctrl-C in vae_utils.train); re-running the
     sweep skips the finished points without a kernel and resumes that one to the same history."""

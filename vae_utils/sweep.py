@@ -95,6 +95,8 @@ def run_sweep(
     Finished points are skipped; the others run (resuming where they have a checkpoint) on a new
     ``LocalCluster`` of ``workers`` processes (default ``os.cpu_count() // threads``) or on the
     cluster at ``scheduler``. A failing point does not stop the others: check the ``status`` column.
+    When every point is done already, nothing starts and ``sweep.json`` keeps the record of the run
+    that finished them (so a rerun for the report alone does not rewrite its times).
     """
     check_int("threads", threads, 1)
     check_int("workers", workers, 1, optional=True)
@@ -107,13 +109,20 @@ def run_sweep(
     )
     check_existing(plan, overwrite)
     todo = [p for p in plan.points if not _finished(plan.point_dir(p))]
-    record = _start_record(plan, command, len(todo))
     total = len(plan.points)
     where = display_path(plan.folder)
     print(f"sweep {plan.name}: {total} points, {total - len(todo)} already done, in {where}", flush=True)
     for point in plan.points:
         if point not in todo:
             say(plan, point, "done already: " + elbo_text(plan.point_dir(point)))
+    if not todo and read_json(plan.folder / "sweep.json").get("status") == "done":
+        # nothing to run: sweep.json keeps the record (command, times) of the run that did the work
+        write_sweep_table(plan.folder)
+        print(
+            f"sweep {plan.name}: nothing to run; {display_path(plan.folder / 'sweep.json')} kept", flush=True
+        )
+        return load_sweep(plan.folder)
+    record = _start_record(plan, command, len(todo))
     write_sweep_table(plan.folder)
     unfit: SweepError | None = None
     try:

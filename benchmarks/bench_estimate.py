@@ -9,21 +9,24 @@ multiply per image (H = 500 hidden units, D = 784 pixels: 3.9 GFLOP per image at
 TFLOP for MNIST's 10,000 test images). Printed: seconds per image of
 ``loss.importance_weighted_log_likelihood`` as the notebooks call it, the same computation with
 the weights' arithmetic compiled into one fused graph by ``torch.compile`` (its first call
-compiles), their FLOP rate against the best 4096^3 float32 matmul of the same run, and what the
-10,000 images would take at each rate and at the peak itself.
+compiles), and with the model's linear layers on oneDNN (``torch.utils.mkldnn.to_mkldnn``); their
+FLOP rate against the best 4096^3 float32 matmul of the same run (MKL's or oneDNN's, whichever is
+faster here: both are printed), and what the 10,000 images would take at each rate and at the peak.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 
 import torch
-from bench_train import matmul_peak
+from bench_train import matmul_rates
 
 from vae_utils import VAE, load_dataset
 from vae_utils.loss import (
@@ -78,11 +81,18 @@ def main() -> None:
     x = load_dataset("mnist", train=False).x_test[: args.images]
     chunk = (1 << 21) // x.shape[1]  # the chunk importance_weighted_log_likelihood draws on a CPU
     compiled = torch.compile(fused_weights, dynamic=False)
+    with warnings.catch_warnings():  # torch.utils.mkldnn's modules use the deprecated jit.script_method
+        warnings.simplefilter("ignore", FutureWarning)
+        onednn = torch.utils.mkldnn.to_mkldnn(copy.deepcopy(model))  # it converts the modules in place
     with torch.no_grad():
         start = time.perf_counter()
         fused_estimate(compiled, model, x[:1], args.k, chunk)
         compile_seconds = time.perf_counter() - start
-        times: dict[str, list[float]] = {"eager (the library)": [], "compiled, fused": []}
+        times: dict[str, list[float]] = {
+            "eager (the library)": [],
+            "compiled, fused": [],
+            "eager, oneDNN linears": [],
+        }
         for _ in range(args.rounds):
             start = time.perf_counter()
             eager = importance_weighted_log_likelihood(model, x, k=args.k, progress=False)
@@ -90,9 +100,16 @@ def main() -> None:
             start = time.perf_counter()
             fused = fused_estimate(compiled, model, x, args.k, chunk)
             times["compiled, fused"].append(time.perf_counter() - start)
-    peak = matmul_peak()
+            start = time.perf_counter()
+            on_onednn = importance_weighted_log_likelihood(onednn, x, k=args.k, progress=False)
+            times["eager, oneDNN linears"].append(time.perf_counter() - start)
+    rates = matmul_rates()
+    peak = max(rates.values())
+    print("4096^3 float32 matmul: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in rates.items()))
     flops = 2 * args.k * 500 * 784 * (1 + 2 / 784)  # output layer, plus the first (2 -> 500) layer
-    print(f"matmul peak {peak / 1e9:.0f} GFLOP/s; {flops / 1e9:.2f} GFLOP per image at k = {args.k}")
+    print(
+        f"matmul peak {peak / 1e9:.0f} GFLOP/s (the faster); {flops / 1e9:.2f} GFLOP per image, k = {args.k}"
+    )
     print(f"{'estimate':<22} {'s/image':>8} {'GFLOP/s':>8} {'% of peak':>10} {'10,000 images':>14}")
     for name, values in times.items():
         per_image = min(values) / args.images
@@ -105,7 +122,8 @@ def main() -> None:
     print(f"{'the peak itself':<22} {at_peak:8.4f} {'':>8} {'':>10} {at_peak * TEST_IMAGES / 60:11.1f} min")
     print(
         f"compiling took {compile_seconds:.1f} s; the two estimates' mean differs by "
-        f"{abs(eager.mean() - fused.mean()).item():.1e} nats (the same draws: float rounding only)"
+        f"{abs(eager.mean() - fused.mean()).item():.1e} nats, the oneDNN one by "
+        f"{abs(eager.mean() - on_onednn.mean()).item():.1e} (the same draws: float rounding only)"
     )
 
 

@@ -49,12 +49,26 @@ CONFIGS = {
 }
 
 
-def matmul_peak(n: int = 4096, repeats: int = 5) -> float:
-    """FLOP/s of the best of ``repeats`` n x n float32 matmuls."""
+def matmul_rates(n: int = 4096, repeats: int = 5) -> dict[str, float]:
+    """FLOP/s of the best of ``repeats`` n x n float32 matmuls by each library torch has: ``a @ b``
+    (torch's BLAS, MKL in the x86 wheels, which every float32 matmul of the project goes through)
+    and oneDNN (torch's private ``mkldnn_linear``, on oneDNN's own tensors). On AMD CPUs MKL does
+    not use AVX-512, so oneDNN can be twice as fast there (docs/speed.md)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * n**3 / best
+    rates = {"torch.mm (MKL)": lambda: a @ b}
+    if torch.backends.mkldnn.is_available():
+        a_dnn, b_dnn, bias = a.to_mkldnn(), b.to_mkldnn(), torch.zeros(n).to_mkldnn()
+        rates["oneDNN"] = lambda: torch._C._nn.mkldnn_linear(a_dnn, b_dnn, bias)
+    out = {}
+    for name, fn in rates.items():
+        fn()
+        out[name] = 2 * n**3 / min(_timed(fn) for _ in range(repeats))
+    return out
+
+
+def matmul_peak(n: int = 4096, repeats: int = 5) -> float:
+    """FLOP/s of the fastest float32 matmul on this machine: the best of :func:`matmul_rates`."""
+    return max(matmul_rates(n, repeats).values())
 
 
 def step_flops(model: VAE, batch_size: int) -> int:
@@ -137,8 +151,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, data from {data_root()}")
     data = load_dataset("mnist")
-    peak = matmul_peak()
-    print(f"float32 matmul peak (4096^3): {peak / 1e9:.1f} GFLOP/s\n")
+    rates = matmul_rates()
+    peak = max(rates.values())
+    print(
+        "float32 matmul (4096^3): " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in rates.items()) + " GFLOP/s"
+    )
+    print(f"peak: the faster, {peak / 1e9:.1f} GFLOP/s\n")
     for name, config in CONFIGS.items():
         if args.only not in name:
             continue

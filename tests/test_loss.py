@@ -2,6 +2,7 @@
 Monte-Carlo averages for the estimators, and small hand-built models for the importance-weighted
 bound and the posterior statistics. Everything here runs on small tensors built in the test."""
 
+import copy
 import math
 
 import pytest
@@ -395,6 +396,26 @@ def test_iwae_chunked_and_unchunked_agree_within_monte_carlo_error(iw_setup):
     d = chunked - est[100][:100]
     assert abs(d.mean().item()) < 4 * d.std().item() / math.sqrt(len(d)) + 1e-12
     assert d.abs().max() < 3.0
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN is not in this torch build")
+def test_a_float32_estimate_on_a_cpu_multiplies_with_onednn_to_the_same_numbers(iw_setup, monkeypatch):
+    """A float32 model's linear layers run on oneDNN in a copy: the model keeps its nn.Linear
+    layers, the estimate equals the one through torch's BLAS to float rounding and repeats exactly;
+    a float64 model is used as it is."""
+    from vae_utils import loss
+
+    model64, x64, _ = iw_setup
+    model, x = copy.deepcopy(model64).float(), x64[:50].float()
+    fast = loss.onednn_inference_copy(model, x)
+    assert fast is not model and type(fast.decoder.net[0]).__name__ == "MkldnnLinear"
+    assert all(type(m) is torch.nn.Linear for m in model.modules() if "Linear" in type(m).__name__)
+    assert loss.onednn_inference_copy(model64, x64) is model64
+    got = importance_weighted_log_likelihood(model, x, k=50, seed=1, progress=False)
+    assert torch.equal(got, importance_weighted_log_likelihood(model, x, k=50, seed=1, progress=False))
+    monkeypatch.setattr(loss, "onednn_inference_copy", lambda m, _: m)
+    blas = importance_weighted_log_likelihood(model, x, k=50, seed=1, progress=False)
+    torch.testing.assert_close(got, blas, rtol=1e-5, atol=1e-5)
 
 
 def test_iwae_progress_is_printed_when_not_interactive(iw_setup, capsys, monkeypatch):

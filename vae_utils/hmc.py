@@ -6,6 +6,7 @@ for the marginal-likelihood estimators and for Monte Carlo EM; docs/methods.md h
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -58,7 +59,7 @@ def leapfrog(
     ``value_and_grad``, when given, computes (log density, gradient) instead of autograd on
     ``log_density`` (MCEM's compiled E-step: :func:`vae_utils.compiled_step.posterior_value_and_grad`)."""
     if value_and_grad is None:
-        value_and_grad = lambda z: log_density_and_grad(log_density, z)  # noqa: E731
+        value_and_grad = functools.partial(log_density_and_grad, log_density)
     z, v = z.detach(), v + 0.5 * eps * grad
     for i in range(n_steps):
         z = z + eps * v

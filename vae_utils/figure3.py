@@ -204,10 +204,8 @@ def figure3_table(curves: pd.DataFrame) -> pd.DataFrame:
     evaluations (:func:`estimator_failures`) are left out."""
     rows = []
     for (size, algorithm), run in _valid(curves).groupby(["N_train", "algorithm"]):
-        hmc = run[run["estimator"] == "hmc"]
-        test, train = (hmc[hmc["split"] == s].sort_values("samples") for s in ("test", "train"))
-        test_is = run[(run["estimator"] == "hmc_is") & (run["split"] == "test")].sort_values("samples")
-        best = test.loc[test["log_px"].idxmax()]
+        test, train, test_is = _curve(run, "test"), _curve(run, "train"), _curve(run, "test", "hmc_is")
+        best = test.iloc[int(np.nanargmax(test["log_px"].to_numpy()))]
         rows.append(
             {
                 "N_train": size,
@@ -225,15 +223,15 @@ def figure3_table(curves: pd.DataFrame) -> pd.DataFrame:
     return _ordered(pd.DataFrame(rows)).set_index(["N_train", "algorithm"]).round(2)
 
 
+def _curve(run: pd.DataFrame, split: str, estimator: str = "hmc") -> pd.DataFrame:
+    """One run's curve of one split and estimator (App. D's "hmc" or "hmc_is"), in training order."""
+    return run[(run["split"] == split) & (run["estimator"] == estimator)].sort_values("samples")
+
+
 def _reached(curves: pd.DataFrame, size: int, algorithm: str, level: float) -> float:
     """Training samples (millions) at which ``algorithm``'s test App. D curve first reaches ``level``."""
     curves = _valid(curves)
-    curve = curves[
-        (curves["N_train"] == size)
-        & (curves["algorithm"] == algorithm)
-        & (curves["split"] == "test")
-        & (curves["estimator"] == "hmc")
-    ].sort_values("samples")
+    curve = _curve(curves[(curves["N_train"] == size) & (curves["algorithm"] == algorithm)], "test")
     hit = curve[curve["log_px"] >= level]
     return float(hit["samples"].iloc[0]) / 1e6 if len(hit) else float("nan")
 

@@ -97,6 +97,24 @@ def test_pixel_log_prob_is_what_log_prob_sums(decoder):
     assert model.decoder.max_pixel_log_prob == pytest.approx(most[decoder])
 
 
+@pytest.mark.parametrize("decoder", ["bernoulli", "continuous_bernoulli", "gaussian"])
+def test_under_bfloat16_autocast_the_likelihood_is_computed_in_float32(decoder):
+    """The network's output is bfloat16 under autocast; log_prob takes it to float32 before the
+    elementwise log densities and their sum over pixels, so the result is float32 and equals the
+    float32 likelihood of the rounded output (in bfloat16 each of the D terms would be rounded)."""
+    torch.manual_seed(0)
+    model = VAE(D, H, Z, decoder=decoder)
+    x = torch.rand(B, D).round() if decoder == "bernoulli" else torch.rand(B, D)
+    z = torch.randn(3, B, Z)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.decoder(z)
+        value = model.decoder.log_prob(x, z)
+    params = tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
+    assert {o.dtype for o in (out if isinstance(out, tuple) else (out,))} == {torch.bfloat16}
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, model.decoder.log_density(params, x), rtol=0, atol=0)
+
+
 def test_gaussian_logvar_floor_follows_min_logvar():
     """A different min_logvar moves the floor with it."""
     dec = _gaussian_decoder_with_raw(torch.tensor([-1e4, 100.0]), min_logvar=-2.5)

@@ -512,7 +512,7 @@ def test_bfloat16_autocast_step_is_reproducible_and_resumes_exactly(
     reference = outs[False, "none"][0]
     for key in ((False, "bfloat16"), (True, "bfloat16")):
         relative = ((outs[key][0] - reference) / reference).abs().item()
-        assert 1e-5 < relative < 1e-2, (key, relative)
+        assert 1e-6 < relative < 1e-2, (key, relative)  # float32 rounding: ~1e-7
 
     runs = [
         train(

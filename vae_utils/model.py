@@ -63,8 +63,13 @@ class PixelDecoder(nn.Module):
         raise NotImplementedError
 
     def log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """log p(x|z) summed over pixels, (...,)."""
-        return self.log_density(self(z), x)
+        """log p(x|z) summed over pixels, (...,). Under bfloat16 autocast the network's output is
+        taken to float32 first, so that the likelihood's elementwise terms are not rounded to 8 bits
+        (the compiled step computes them in float32 too)."""
+        out = self(z)
+        if isinstance(out, tuple):
+            return self.log_density(tuple(_at_least_float32(o) for o in out), x)
+        return self.log_density(_at_least_float32(out), x)
 
     def pixel_log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """log p(x_i|z) of each pixel, (..., D): the terms :meth:`log_prob` sums (each pixel is
@@ -72,6 +77,11 @@ class PixelDecoder(nn.Module):
         out = self(z)
         params = tuple(o.unsqueeze(-1) for o in out) if isinstance(out, tuple) else out.unsqueeze(-1)
         return self.log_density(params, x.unsqueeze(-1))
+
+
+def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 when it is in a 16-bit floating-point type (autocast's output), else itself."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
 class BernoulliDecoder(PixelDecoder):

@@ -8,7 +8,7 @@ import math
 import pandas as pd
 import pytest
 import torch
-from small_runs import small_run_config
+from small_runs import small_run_config, train_interrupted
 from tensorboard.backend.event_processing.event_accumulator import IMAGES, SCALARS, EventAccumulator
 
 import vae_utils.mcem as M
@@ -20,10 +20,6 @@ from vae_utils.training import TrainingDiverged, train
 
 N_TRAIN, N_TEST = 300, 100
 PER_EPOCH = N_TRAIN * (M.LEAPFROG_STEPS + 1) + M.M_STEPS * 100  # one iteration: HMC, then 5 updates
-
-
-class Interrupted(Exception):
-    """Stands for a crash or a kill in the middle of an epoch."""
 
 
 def mcem_config(run_dir, shared_data, **overrides) -> TrainConfig:
@@ -79,18 +75,7 @@ def test_an_interrupted_mcem_run_resumes_exactly(tmp_path, shared_data, data, mo
     and weights of a run never interrupted."""
     full = train(mcem_config(tmp_path / "full", shared_data), progress=False, data=data)
     config = mcem_config(tmp_path / "cut", shared_data)
-    real, calls = M.m_step, {"n": 0}
-
-    def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise Interrupted
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(M, "m_step", interrupted)
-    with pytest.raises(Interrupted):
-        train(config, progress=False, data=data)
-    monkeypatch.undo()
+    train_interrupted(monkeypatch, M, "m_step", 2, config, data=data)  # in epoch 2's M-step
     assert len(pd.read_csv(config.path / "history.csv")) == 1
     saved = torch.load(config.path / "last.pt", weights_only=False)["state"]["mcem"]
     assert saved["z"].shape == (N_TRAIN, 3) and saved["evaluations"] == PER_EPOCH
@@ -137,18 +122,7 @@ def test_compiled_mcem_matches_the_eager_e_step_reproduces_and_resumes_exactly(
         without_seconds(full.history), without_seconds(twin.history), check_exact=True
     )
     config = mcem_config(tmp_path / "cut", shared_data, compile=True)
-    real, calls = M.m_step, {"n": 0}
-
-    def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise Interrupted
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(M, "m_step", interrupted)
-    with pytest.raises(Interrupted):
-        train(config, progress=False, data=data)
-    monkeypatch.undo()
+    train_interrupted(monkeypatch, M, "m_step", 2, config, data=data)  # in epoch 2's M-step
     resumed = train(config, resume=True, progress=False, data=data)
     pd.testing.assert_frame_equal(
         without_seconds(resumed.history), without_seconds(full.history), check_exact=True

@@ -12,7 +12,7 @@ import warnings
 import pandas as pd
 import pytest
 import torch
-from small_runs import BATCH, TRAINED_RUN_FILES, small_run_config
+from small_runs import BATCH, TRAINED_RUN_FILES, Interrupted, small_run_config, train_interrupted
 
 import vae_utils.steps as S
 import vae_utils.training as T
@@ -61,10 +61,6 @@ def snapshot_weights(model) -> dict:
 
 def without_seconds(history: pd.DataFrame) -> pd.DataFrame:
     return history.drop(columns="seconds")
-
-
-class Interrupted(Exception):
-    """Stands for a crash or a kill in the middle of an epoch."""
 
 
 def wrap_elbo(monkeypatch, at_call: int, action):
@@ -525,18 +521,7 @@ def test_bfloat16_autocast_step_is_reproducible_and_resumes_exactly(
     full = runs[0]
     pd.testing.assert_frame_equal(without_seconds(full.history), without_seconds(runs[1].history))
     config = make_config(tmp_path / "cut", shared_data, compile=True, autocast="bfloat16", **values)
-    real, calls = S.compiled_train_step, {"n": 0}
-
-    def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2 * N_BATCHES + 2:
-            raise Interrupted
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(S, "compiled_train_step", interrupted)
-    with pytest.raises(Interrupted):
-        train(config, progress=False, data=mnist_small)
-    monkeypatch.undo()
+    train_interrupted(monkeypatch, S, "compiled_train_step", 2 * N_BATCHES + 2, config, data=mnist_small)
     resumed = train(config, resume=True, progress=False, data=mnist_small)
     pd.testing.assert_frame_equal(
         without_seconds(resumed.history), without_seconds(full.history), check_exact=True
@@ -609,18 +594,7 @@ def test_compiled_step_matches_eager_and_resumes_exactly(
     )
 
     config = make_config(tmp_path / "cut", shared_data, compile=True, **values)
-    real, calls = S.compiled_train_step, {"n": 0}
-
-    def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2 * N_BATCHES + 2:
-            raise Interrupted
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(S, "compiled_train_step", interrupted)
-    with pytest.raises(Interrupted):
-        train(config, progress=False, data=mnist_small)
-    monkeypatch.undo()
+    train_interrupted(monkeypatch, S, "compiled_train_step", 2 * N_BATCHES + 2, config, data=mnist_small)
     resumed = train(config, resume=True, progress=False, data=mnist_small)
     pd.testing.assert_frame_equal(
         without_seconds(resumed.history), without_seconds(full.history), check_exact=True
@@ -628,18 +602,8 @@ def test_compiled_step_matches_eager_and_resumes_exactly(
     assert state_dicts_equal(resumed.model.state_dict(), full.model.state_dict())
 
     # an eager run's checkpoint goes on compiled (compile is a placement field)
-    eager_step, eager_calls = S.train_step, {"n": 0}
-
-    def interrupt(*args, **kwargs):
-        eager_calls["n"] += 1
-        if eager_calls["n"] == 2 * N_BATCHES + 2:
-            raise Interrupted
-        return eager_step(*args, **kwargs)
-
-    monkeypatch.setattr(S, "train_step", interrupt)
-    with pytest.raises(Interrupted):
-        train(make_config(tmp_path / "switch", shared_data, **values), progress=False, data=mnist_small)
-    monkeypatch.undo()
+    switch = make_config(tmp_path / "switch", shared_data, **values)
+    train_interrupted(monkeypatch, S, "train_step", 2 * N_BATCHES + 2, switch, data=mnist_small)
     switched = train(
         make_config(tmp_path / "switch", shared_data, compile=True, **values),
         resume=True,

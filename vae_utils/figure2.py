@@ -116,6 +116,11 @@ def figure2_baselines(points: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("dataset")
 
 
+def _panel(long: pd.DataFrame, name: str, z: int) -> pd.DataFrame:
+    """The rows of ``long`` (:func:`figure2_histories`) in the panel of dataset ``name`` and N_z = ``z``."""
+    return long[(long["dataset"] == name) & (long["latent_dim"] == z)]
+
+
 def _panels(long: pd.DataFrame) -> list[tuple[str, int]]:
     order = {name: i for i, name in enumerate(DATASET_LABELS)}
     pairs = long[["dataset", "latent_dim"]].drop_duplicates().itertuples(index=False)
@@ -229,7 +234,7 @@ def _panel_table(long: pd.DataFrame, baselines: pd.DataFrame | None) -> pd.DataF
     """:func:`figure2_table` of one seed's runs, unrounded."""
     rows = []
     for name, z in _panels(long):
-        panel = long[(long["dataset"] == name) & (long["latent_dim"] == z)]
+        panel = _panel(long, name, z)
         row: dict = {"dataset": DATASET_LABELS.get(name, name), "N_z": z}
         for algorithm, label in (("aevb", "AEVB"), ("wake_sleep", "WS")):
             runs = panel[panel["algorithm"] == algorithm]
@@ -356,12 +361,8 @@ def z_ignored_exits(
     above the line (its first evaluation when it never was below), and how many seeds never did."""
     lines = []
     for name, z in _panels(long):
-        runs = long[
-            (long["dataset"] == name)
-            & (long["latent_dim"] == z)
-            & (long["algorithm"] == algorithm)
-            & (long["split"] == "test")
-        ]
+        panel = _panel(long, name, z)
+        runs = panel[(panel["algorithm"] == algorithm) & (panel["split"] == "test")]
         if name not in baselines.index or runs.empty:
             continue
         exits, never, line = [], 0, float(baselines["test"][name])

@@ -92,9 +92,9 @@ def hmc_transition(
         raise ValueError(f"n_leapfrog = {n_leapfrog!r} is invalid: allowed an integer >= 1")
     if not step_size > 0 or not math.isfinite(step_size):
         raise ValueError(f"step_size = {step_size!r} is invalid: allowed a finite number > 0")
-    if current is None:
-        current = log_density_and_grad(log_density, z) if value_and_grad is None else value_and_grad(z)
-    value0, grad = current
+    if value_and_grad is None:
+        value_and_grad = functools.partial(log_density_and_grad, log_density)
+    value0, grad = current if current is not None else value_and_grad(z)
     v0 = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
     sign = torch.randint(0, 2, (len(z), 1), generator=generator, device=z.device).to(z.dtype) * 2 - 1
     z_new, v, value, grad_new = leapfrog(

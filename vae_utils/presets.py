@@ -194,9 +194,9 @@ def figure3_configs(
     decay 1/N, Adagrad, M = 100, L = 1, the step-size pilot for AEVB and wake-sleep;
     :data:`FIGURE3_MCEM_LR` for MCEM), ``budget`` training samples evaluated per curve
     (:data:`FIGURE3_BUDGETS`, or a number), and :data:`FIGURE3_EVALUATIONS` evenly spaced
-    evaluations of log p(x) on the first 1,000 training and test images (``eval_marginal``); the
-    compiled step for AEVB and wake-sleep. ``overrides`` (any TrainConfig field) are applied last
-    and win.
+    evaluations of log p(x) on the first 1,000 training and test images (``eval_marginal``);
+    ``compile=True`` (AEVB's and wake-sleep's step, MCEM's E-step). ``overrides`` (any TrainConfig
+    field) are applied last and win.
     """
     if isinstance(budget, str) and budget in FIGURE3_BUDGETS:
         samples = FIGURE3_BUDGETS[budget]

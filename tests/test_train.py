@@ -4,10 +4,12 @@ keeps the best model when it stops early, stops on NaN keeping the last good che
 load_run reads back exactly what was saved. Run directories live in ``tmp_path``.
 """
 
+import gc
 import json
 import math
 import os
 import warnings
+import weakref
 
 import pandas as pd
 import pytest
@@ -460,6 +462,45 @@ def test_compiled_step_lifts_dynamos_recompile_limit_and_never_falls_back_silent
         seen == {"limit": compiled_step.RECOMPILE_LIMIT, "fail": True} and compiled_step.RECOMPILE_LIMIT > 8
     )
     assert (torch._dynamo.config.recompile_limit, torch._dynamo.config.fail_on_recompile_limit_hit) == before
+
+
+def test_first_compiled_call_pauses_the_cyclic_collector_then_freezes_what_survives(monkeypatch):
+    """The process's first call of a compiled function (it loads torch's compiler stack) runs with
+    Python's cyclic collector paused; afterwards the collector is on again, the call's cyclic garbage
+    is freed and its survivors are in the permanent generation, out of later collections' way. Later
+    calls leave the collector alone."""
+    from vae_utils import compiled_step
+
+    class Node:
+        pass
+
+    seen = []
+
+    def fake_step(*args):
+        garbage, kept = Node(), Node()
+        garbage.me, kept.me = garbage, kept  # reference cycles: only the cyclic collector frees them
+        seen.append((gc.isenabled(), weakref.ref(garbage), kept))
+        return torch.tensor(0.0), torch.tensor(0.0)
+
+    monkeypatch.setattr(compiled_step, "_compiler_loaded", False)
+    config = TrainConfig(latent_dim=2, hidden_dim=8, optimizer="adam", compile=True, device="cpu")
+    model = VAE.from_config(config, 12)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def call() -> None:
+        compiled_step.compiled_train_step(
+            model, optimizer, torch.rand(5, 12), config, torch.Generator().manual_seed(0), step=fake_step
+        )
+
+    assert gc.isenabled()
+    call()
+    enabled_inside, garbage, kept = seen[-1]
+    assert not enabled_inside and gc.isenabled()
+    assert garbage() is None  # collected once the call ended
+    assert not any(o is kept for o in gc.get_objects())  # tracked objects outside the permanent generation
+    call()
+    enabled_inside, _, kept = seen[-1]
+    assert enabled_inside and any(o is kept for o in gc.get_objects())  # not frozen
 
 
 COMPILED_OPTIMIZERS = {

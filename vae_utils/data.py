@@ -310,5 +310,5 @@ def batches(
     """
     order = torch.randperm(len(x), generator=generator, device=x.device)
     for start in range(0, len(x), batch_size):
-        batch = x[order[start : start + batch_size]]
+        batch = x.index_select(0, order[start : start + batch_size])  # 6x faster than x[index]
         yield torch.bernoulli(batch, generator=generator) if dynamic_binarize else batch

@@ -3,11 +3,13 @@ is the whole step faster, and do the curves match float32's within seed noise?
 
     python benchmarks/bench_autocast.py                 # step times, then 3 seeds x 2 configurations
     python benchmarks/bench_autocast.py --curves-epochs 0   # step times only
+    python benchmarks/bench_autocast.py --only "continuous"  # that configuration's curves only
 
 Step times: for each path the eager float32 step, the compiled float32 step and the compiled step
 under bfloat16 autocast train from the same initialisation, taking turns slice by slice; each keeps
 its fastest slice (as ``bench_compiled_paths.py``, whose loop it uses). Curves: ``vae_utils.train``
-runs each configuration with seeds 0, 1, 2 in float32 and in bfloat16 (both compiled); printed are
+runs each configuration (the three decoders) with seeds 0, 1, 2 in float32 and in bfloat16 (both
+compiled); printed are
 the test ELBO at each evaluation (float32 in both: autocast covers only the training step), the
 seeds' mean and standard deviation for each, and the largest difference of the two means against
 the seeds' spread. Only a CPU with bfloat16 units (avx512_bf16 or AMX) should gain; elsewhere
@@ -31,10 +33,11 @@ from bench_whole_process import EXAMPLE_CONFIG
 import vae_utils
 from vae_utils import TrainConfig, load_dataset, steps
 
+FREY_FACE_PATH = "Figure 2, Frey Face N_z = 10 (560-200-10 Gaussian), AEVB"
 PATHS = {
     "Figure 2, MNIST N_z = 3 (784-500-3, Adagrad), AEVB": dict(**FIGURE_PROTOCOL, latent_dim=3),
     "... wake-sleep": dict(**FIGURE_PROTOCOL, latent_dim=3, algorithm="wake_sleep"),
-    "Figure 2, Frey Face N_z = 10 (560-200-10 Gaussian), AEVB": dict(
+    FREY_FACE_PATH: dict(
         **{**FIGURE_PROTOCOL, "lr": 0.01},
         dataset="frey_face",
         decoder="gaussian",
@@ -46,7 +49,19 @@ PATHS = {
     "default study (784-500-2 tanh, Adagrad 0.01, M = 100)": {},
     "pytorch example (784-400-20 ReLU, Adam 1e-3, M = 128)": EXAMPLE_CONFIG,
 }
-CURVES = {"pytorch example": EXAMPLE_CONFIG, "default study": {}}
+#: The curves compared: each configuration's fields and its epochs.
+CURVES: dict[str, tuple[dict, int]] = {
+    "pytorch example": (EXAMPLE_CONFIG, 10),
+    "default study": ({}, 10),
+    "continuous Bernoulli (grey-level MNIST, the example's network)": (
+        {**EXAMPLE_CONFIG, "decoder": "continuous_bernoulli"},
+        10,
+    ),
+    "Gaussian (Frey Face, Figure 2's 560-200-10, N_z = 10)": (
+        {**PATHS[FREY_FACE_PATH], "eval_every": 20 * 1765},  # 200 epochs, evaluated every 20
+        200,
+    ),
+}
 
 
 def step_times(steps: int, rounds: int) -> None:
@@ -79,8 +94,11 @@ def step_times(steps: int, rounds: int) -> None:
     print("seconds per 10^6 training samples, fastest slice; bf16 vs compiled: best (median of pairs)")
 
 
-def curves(epochs: int, seeds: int) -> None:
-    for name, fields in CURVES.items():
+def curves(epochs: int | None, seeds: int, only: str | None) -> None:
+    for name, (fields, own_epochs) in CURVES.items():
+        if only is not None and only.lower() not in name.lower():
+            continue
+        epochs = own_epochs if epochs is None else epochs
         finals = {}
         with tempfile.TemporaryDirectory() as tmp:
             for autocast in ("none", "bfloat16"):
@@ -126,20 +144,24 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the step times")
     parser.add_argument("--steps", type=int, default=200, help="steps per timed slice")
     parser.add_argument("--rounds", type=int, default=6, help="timed slices per loop (fastest kept)")
-    parser.add_argument("--curves-epochs", type=int, default=10, help="epochs of each curve run; 0: none")
+    parser.add_argument(
+        "--curves-epochs", type=int, default=None, help="epochs of every curve (default: its own); 0: none"
+    )
     parser.add_argument("--seeds", type=int, default=3, help="seeds per curve")
+    parser.add_argument("--only", help="run only the curves whose name contains this text, no step times")
     args = parser.parse_args()
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(
         f"{datetime.date.today()}, torch {torch.__version__}, {os.cpu_count()} CPUs, bfloat16 units: "
         f"{steps.bfloat16_units()}, ATen capability {torch.backends.cpu.get_cpu_capability()}, load {load}"
     )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    step_times(args.steps, args.rounds)
-    torch.set_num_threads(threads)
-    if args.curves_epochs:
-        curves(args.curves_epochs, args.seeds)
+    if args.only is None:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(args.threads)
+        step_times(args.steps, args.rounds)
+        torch.set_num_threads(threads)
+    if args.curves_epochs != 0:
+        curves(args.curves_epochs, args.seeds, args.only)
 
 
 if __name__ == "__main__":

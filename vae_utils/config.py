@@ -270,8 +270,10 @@ class TrainConfig:
             distribution), reproduce and resume exactly (docs/speed.md).
         autocast: ``"bfloat16"``: the training step under ``torch.autocast`` to bfloat16 (its
             matrix multiplies take bfloat16 inputs); parameters, optimizer state and evaluations
-            stay float32. Faster only on CPUs with bfloat16 units (docs/speed.md). Needs float32
-            ``dtype``; not for MCEM. ``"none"`` (the default): the step runs in ``dtype``.
+            stay float32. Faster only on CPUs with bfloat16 units (docs/speed.md). The curves match
+            float32's within the seeds' spread for every decoder (the Gaussian's ran a few nats
+            lower on Frey Face). Needs float32 ``dtype``; not for MCEM. ``"none"`` (the default):
+            the step runs in ``dtype``.
         tensorboard: also write each evaluation as TensorBoard events in ``<run_dir>/tb`` (scalars
             against training samples, reconstructions and prior samples at log-spaced
             evaluations; :mod:`vae_utils.tensorboard_log`, docs/live.md), to watch a long run live.

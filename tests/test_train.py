@@ -591,6 +591,61 @@ def test_bfloat16_autocast_warns_on_a_cpu_without_bfloat16_units(
         )
 
 
+def test_compiled_run_takes_the_eager_step_for_an_epochs_smaller_last_minibatch(
+    tmp_path, shared_data, monkeypatch
+):
+    """With compile=True and N = 970 = 9 x 100 + 70, each epoch runs nine compiled steps and one eager
+    step on its last 70 rows, which would otherwise compile a graph of their own. The two share the
+    optimizer state: a twin run gives the same history, and a run cut in its second epoch resumes to
+    it exactly. When N < M the one, smaller minibatch is the epoch's only one, and it compiles."""
+    data = load_dataset("mnist", shared_data, train_subset=970, test_subset=N_TEST)
+    values = dict(COMPILED_OPTIMIZERS["adagrad"], epochs=2)
+    routed: list[tuple[str, int]] = []
+    real_compiled, real_aevb = S.compiled_train_step, S.aevb_loss
+
+    def compiled(model, optimizer, x, *args):
+        routed.append(("compiled", len(x)))
+        return real_compiled(model, optimizer, x, *args)
+
+    def eager(model, x, *args):
+        routed.append(("eager", len(x)))
+        return real_aevb(model, x, *args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(S, "compiled_train_step", compiled)
+        patch.setattr(S, "aevb_loss", eager)
+        config = make_config(tmp_path / "full", shared_data, compile=True, **values)
+        full = train(config, progress=False, data=data)
+        assert routed == 2 * ([("compiled", BATCH)] * 9 + [("eager", 70)])
+        routed.clear()
+
+        def recorded(model, optimizer, x, *args):  # the routing alone: no graph for 970 rows
+            routed.append(("compiled", len(x)))
+            return torch.zeros(()), torch.zeros(())
+
+        patch.setattr(S, "compiled_train_step", recorded)
+        model = VAE.from_config(config, 784)
+        one_batch = make_config(tmp_path / "one", shared_data, compile=True, **{**values, "batch_size": 1000})
+        S.train_epoch(
+            model, T.make_optimizer(model, one_batch, torch.device("cpu")), data, one_batch, torch.Generator()
+        )
+        assert routed == [("compiled", 970)]
+
+    twin = train(
+        make_config(tmp_path / "twin", shared_data, compile=True, **values), progress=False, data=data
+    )
+    pd.testing.assert_frame_equal(
+        without_seconds(full.history), without_seconds(twin.history), check_exact=True
+    )
+    cut = make_config(tmp_path / "cut", shared_data, compile=True, **values)
+    train_interrupted(monkeypatch, S, "compiled_train_step", 9 + 4, cut, data=data)
+    resumed = train(cut, resume=True, progress=False, data=data)
+    pd.testing.assert_frame_equal(
+        without_seconds(resumed.history), without_seconds(full.history), check_exact=True
+    )
+    assert state_dicts_equal(resumed.model.state_dict(), full.model.state_dict())
+
+
 @pytest.mark.parametrize("path", COMPILED_OPTIMIZERS)
 def test_compiled_step_matches_eager_and_resumes_exactly(
     path, tmp_path, shared_data, mnist_small, monkeypatch

@@ -29,8 +29,8 @@ from vae_utils.loss import (
 )
 from vae_utils.model import VAE
 
-#: Graphs one process may compile for the step (one per model shape, batch size and option set: an
-#: epoch's last, partial minibatch is a shape of its own). Dynamo's default of 8 would let a sweep
+#: Graphs one process may compile for the step (one per model shape, batch size and option set; an
+#: epoch's last, smaller minibatch takes the eager step instead). Dynamo's default of 8 would let a sweep
 #: worker or a notebook that trains several shapes fall back to the eager step after the 8th, with
 #: only a log warning; past this limit the step raises instead.
 RECOMPILE_LIMIT = 256

@@ -1,5 +1,5 @@
 """data.py: where datasets are looked for, the errors for missing and corrupt files, read-only roots,
-the contents of MNIST / Fashion-MNIST / Frey Face, binarisation and minibatches.
+the contents of MNIST / Fashion-MNIST / Frey Face, binarisation, minibatches and image grids.
 
 Every test that needs a broken or read-only data folder builds it under ``tmp_path`` from copies;
 nothing is ever written to the shared data folder, and the network is never used: sockets are
@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import stat
+import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,8 +27,10 @@ from vae_utils.data import (
     SPLIT_SEED,
     DatasetCorruptError,
     DatasetNotFoundError,
+    _read_idx,
     batches,
     data_root,
+    image_grid,
     load_dataset,
 )
 
@@ -418,7 +421,7 @@ def test_mnist_contents_and_shared_root_untouched(shared_data):
 
 
 def test_fashion_mnist_contents(shared_data):
-    """Fashion-MNIST loads through torchvision's class: (60,000 / 10,000, 784) in [0, 1], 6,000 /
+    """Fashion-MNIST loads from its IDX files: (60,000 / 10,000, 784) in [0, 1], 6,000 /
     1,000 images per class, and the ten class names."""
     d = load_dataset("fashion_mnist", shared_data, test_subset=None)
     assert d.x_train.shape == (60_000, 784) and d.x_test.shape == (10_000, 784)
@@ -598,19 +601,72 @@ def test_test_only_load_gives_the_same_test_images_as_a_full_load(shared_data, n
 
 
 def test_test_only_load_does_not_read_the_training_split(shared_data, monkeypatch):
-    """MNIST's training images are never read (that is where the memory goes): torchvision's class
-    is only constructed for the test split."""
-    real = data_module._torchvision_class("mnist")
-    constructed = []
+    """MNIST's training images are never read (that is where the memory goes): only the test
+    split's two IDX files are."""
+    read = []
 
-    def recording(root, train=True, **kwargs):
-        constructed.append(train)
-        return real(root, train=train, **kwargs)
+    def recording(path):
+        read.append(path.name)
+        return _read_idx(path)
 
-    monkeypatch.setattr(data_module, "_torchvision_class", lambda name: recording)
+    monkeypatch.setattr(data_module, "_read_idx", recording)
     d = load_dataset("mnist", shared_data, train=False, test_subset=20)
-    assert constructed == [False]
+    assert read == ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
     assert d.x_test.shape == (20, 784) and d.y_test.shape == (20,) and d.x_train is None
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_idx_files_read_as_torchvisions_dataset_reads_them(shared_data, name):
+    """The IDX reader gives torchvision's MNIST / FashionMNIST images (uint8, N x 28 x 28) and int64
+    labels, element for element, for both splits."""
+    import torchvision
+
+    cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[name]
+    ours = data_module._read(name, shared_data)
+    theirs = [cls(str(shared_data), train=train) for train in (True, False)]
+    expected = [t for split in theirs for t in (split.data, split.targets)]
+    for got, want in zip(ours, expected, strict=True):
+        assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+def test_idx_reader_round_trip_and_its_error(tmp_path):
+    """A 3 x 2 x 4 IDX file written here reads back as its bytes; a file of another type (0x0D,
+    float32) or a truncated one is a DatasetCorruptError naming the file and VAE_DATA_DIR."""
+    values = torch.arange(24, dtype=torch.uint8).reshape(3, 2, 4)
+    header = bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in (3, 2, 4))
+    (tmp_path / "good").write_bytes(header + values.numpy().tobytes())
+    assert torch.equal(_read_idx(tmp_path / "good"), values)
+    (tmp_path / "floats").write_bytes(bytes([0, 0, 13]) + header[3:] + values.numpy().tobytes())
+    (tmp_path / "short").write_bytes(header + values.numpy().tobytes()[:-1])
+    for name in ("floats", "short"):
+        with pytest.raises(DatasetCorruptError, match=rf"{name} is not an IDX file .*VAE_DATA_DIR"):
+            _read_idx(tmp_path / name)
+
+
+def test_reading_data_imports_neither_torchvision_nor_torchs_compiler(shared_data):
+    """Importing torchvision imports torch._dynamo (about 1.1 s, and more at exit): a process that
+    loads a dataset and draws it, as the analysis notebooks do, imports neither."""
+    code = (
+        "import sys; from vae_utils import load_dataset, plotting; "
+        f"d = load_dataset('mnist', {str(shared_data)!r}, train=False); "
+        "plotting.show_images(d.x_test[:4], (28, 28)); "
+        "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("n", "shape", "nrow", "padding"), [(6, (28, 28), 3, 2), (7, (28, 20), 3, 2), (13, (3, 3), 5, 1)]
+)
+def test_image_grid_lays_images_out_as_torchvisions_make_grid(n, shape, nrow, padding):
+    """Flat images, clipped to [0, 1], tile into make_grid's layout (grey 0.5 borders and empty
+    cells), value for value."""
+    from torchvision.utils import make_grid
+
+    images = torch.linspace(-1, 2, n * shape[0] * shape[1]).reshape(n, -1)
+    expected = make_grid(images.reshape(n, 1, *shape).clamp(0, 1), nrow=nrow, padding=padding, pad_value=0.5)
+    assert torch.equal(image_grid(images, shape, nrow, padding), expected[0])
 
 
 def test_load_test_data_loads_only_each_configs_test_split(shared_data):

@@ -1,13 +1,15 @@
 """Datasets in memory: float tensors in [0, 1] of shape (N, D), batched by slicing a shuffled index.
-MNIST and Fashion-MNIST through torchvision, Frey Face through ``scipy.io.loadmat``, every file
-checked against its MD5; docs/data.md says where the files are looked for (``VAE_DATA_DIR``).
+MNIST and Fashion-MNIST from their IDX files (downloaded by torchvision when missing), Frey Face
+through ``scipy.io.loadmat``, every file checked against its MD5; docs/data.md says where the files
+are looked for (``VAE_DATA_DIR``). Also the grid that shows flat images side by side.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,9 +40,10 @@ _IDX = (
     "t10k-labels-idx1-ubyte",
 )
 
-#: The files each dataset needs, relative to the data root, with their MD5 checksums. The idx
-#: files are the uncompressed ones torchvision reads; their ``.gz`` archives are only used when
-#: torchvision downloads.
+#: The files each dataset needs, relative to the data root (torchvision's layout), with their MD5
+#: checksums. The IDX files are read directly: importing torchvision imports torch's compiler too,
+#: 1.1 s of every process (docs/speed.md); torchvision is imported only to download missing files,
+#: and their ``.gz`` archives are only used then.
 EXPECTED_FILES = {
     "mnist": dict(
         zip(
@@ -164,8 +167,7 @@ def ensure_files(name: str, root: Path, download: bool = True) -> None:
     """
     expected = EXPECTED_FILES[name]
     missing = [f for f in expected if not (root / f).is_file()]
-    cls = _torchvision_class(name)
-    if cls is None:
+    if name == "frey_face":
         reason = (
             "torchvision cannot download it: get frey_rawface.mat from https://cs.nyu.edu/~roweis/data.html"
         )
@@ -175,7 +177,7 @@ def ensure_files(name: str, root: Path, download: bool = True) -> None:
         reason = "torchvision's download left them missing"
         try:
             for train in (True, False):
-                cls(str(root), train=train, download=True)
+                _torchvision_class(name)(str(root), train=train, download=True)
         except Exception as error:  # network, permissions, a read-only root...
             lines = str(error).strip().splitlines()
             reason = f"download failed: {type(error).__name__}" + (f": {lines[-1]}" if lines else "")
@@ -210,12 +212,21 @@ def _read(name: str, root: Path, train: bool = True) -> _Split:
         order = torch.randperm(len(faces), generator=torch.Generator().manual_seed(SPLIT_SEED))
         test, rest = order[:FREY_TEST_SIZE], order[FREY_TEST_SIZE:]
         return (faces[rest] if train else None), None, faces[test], None
-    cls = _torchvision_class(name)
-    test = cls(str(root), train=False)
+    files = [_read_idx(root / f) for f in EXPECTED_FILES[name] if train or "t10k" in f]
     if not train:
-        return None, None, test.data, test.targets
-    train_split = cls(str(root), train=True)
-    return train_split.data, train_split.targets, test.data, test.targets
+        return None, None, files[0], files[1].long()
+    return files[0], files[1].long(), files[2], files[3].long()
+
+
+def _read_idx(path: Path) -> torch.Tensor:
+    """An IDX file of unsigned bytes (LeCun's MNIST format: two zero bytes, the type 0x08, the number
+    of dimensions, each dimension's size as a big-endian uint32, then the data) as a uint8 tensor."""
+    raw = path.read_bytes()
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if raw[:3] != b"\x00\x00\x08" or len(raw) != 4 + 4 * ndim + math.prod(shape):
+        raise DatasetCorruptError(f"{path} is not an IDX file of unsigned bytes. {_where_hint()}")
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 def load_dataset(
@@ -312,3 +323,21 @@ def batches(
     for start in range(0, len(x), batch_size):
         batch = x.index_select(0, order[start : start + batch_size])  # 6x faster than x[index]
         yield torch.bernoulli(batch, generator=generator) if dynamic_binarize else batch
+
+
+def image_grid(
+    images: torch.Tensor, image_shape: Sequence[int], nrow: int = 10, padding: int = 2, pad_value: float = 0.5
+) -> torch.Tensor:
+    """Tile flat images (N, D) into one (H', W') float32 grey image on the CPU, ``nrow`` images per row
+    in reading order, clipped to [0, 1]: H' = rows (H + padding) + padding, likewise W' with
+    min(nrow, N) columns, cells left over and borders ``pad_value``: the layout of torchvision's
+    ``make_grid``."""
+    h, w = image_shape
+    images = images.detach().to("cpu", torch.float32).reshape(-1, h, w).clamp(0, 1)
+    ncol = min(nrow, len(images))
+    rows = math.ceil(len(images) / ncol)
+    cells = torch.full((rows * ncol, h + padding, w + padding), pad_value)
+    cells[: len(images), padding:, padding:] = images
+    grid = cells.reshape(rows, ncol, h + padding, w + padding).transpose(1, 2)
+    grid = grid.reshape(rows * (h + padding), ncol * (w + padding))
+    return torch.nn.functional.pad(grid, (0, padding, 0, padding), value=pad_value)

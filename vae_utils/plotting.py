@@ -19,6 +19,7 @@ import torch
 from matplotlib.ticker import MaxNLocator
 
 from vae_utils.analysis import Histories, histories_by_label, history_long, latent_grid
+from vae_utils.data import image_grid
 from vae_utils.results import NATS
 
 if TYPE_CHECKING:  # annotations only
@@ -30,23 +31,6 @@ ACTIVE_THRESHOLD = 0.01  # Burda et al. (2015): a unit is active when Var_x E_q[
 def set_style() -> None:
     """The notebooks' common look: seaborn's white grid, a readable font size."""
     sns.set_theme(style="whitegrid", context="notebook")
-
-
-# ----------------------------------------------------------------------------- computations
-
-
-def image_grid(
-    images: torch.Tensor, image_shape: Sequence[int], nrow: int = 10, padding: int = 2, pad_value: float = 0.5
-) -> torch.Tensor:
-    """Tile flat images (N, D) into one (H', W') grey image, ``nrow`` images per row.
-
-    Uses ``torchvision.utils.make_grid``: H' = rows (H + padding) + padding, likewise W'. Values
-    are clipped to [0, 1].
-    """
-    from torchvision.utils import make_grid
-
-    images = images.detach().to("cpu", torch.float32).reshape(-1, 1, *image_shape).clamp(0, 1)
-    return make_grid(images, nrow=nrow, padding=padding, pad_value=pad_value)[0]
 
 
 # ----------------------------------------------------------------------------- images

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from vae_utils.data import image_grid
+
 if TYPE_CHECKING:
     from vae_utils.data import Data
     from vae_utils.model import VAE
@@ -68,15 +70,6 @@ def _wait_past(files: Sequence[Path]) -> None:
             time.sleep(delay + 0.01)
 
 
-def tile(images: torch.Tensor, image_shape: Sequence[int], ncol: int = N_IMAGES) -> np.ndarray:
-    """Flat images (N, D) as one (H', W') float32 grey image in [0, 1], ``ncol`` per row, with a
-    2-pixel grey (0.5) border: torchvision's ``make_grid``, as :func:`vae_utils.plotting.image_grid`."""
-    from torchvision.utils import make_grid
-
-    imgs = images.detach().to("cpu", torch.float32).reshape(-1, 1, *image_shape).clamp(0, 1)
-    return make_grid(imgs, nrow=ncol, padding=2, pad_value=0.5)[0].numpy()
-
-
 def image_grids(model: VAE, data: Data, seed: int) -> dict[str, np.ndarray]:
     """The two grids of :data:`RECONSTRUCTIONS_TAG` and :data:`PRIOR_SAMPLES_TAG`: the first
     :data:`N_IMAGES` test images above their reconstructions (decoder means at z = mu(x)), and the
@@ -92,10 +85,9 @@ def image_grids(model: VAE, data: Data, seed: int) -> dict[str, np.ndarray]:
         reconstructions = model.reconstruct(x)
         samples = model.decode(z)
     model.train(was_training)
-    return {
-        RECONSTRUCTIONS_TAG: tile(torch.cat([x, reconstructions]), data.image_shape, ncol=len(x)),
-        PRIOR_SAMPLES_TAG: tile(samples, data.image_shape),
-    }
+    pairs = image_grid(torch.cat([x, reconstructions]), data.image_shape, nrow=len(x))
+    prior = image_grid(samples, data.image_shape, nrow=N_IMAGES)
+    return {RECONSTRUCTIONS_TAG: pairs.numpy(), PRIOR_SAMPLES_TAG: prior.numpy()}
 
 
 class TensorBoardLog:

@@ -10,6 +10,7 @@ import math
 import os
 import warnings
 import weakref
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -462,6 +463,36 @@ def test_compiled_step_lifts_dynamos_recompile_limit_and_never_falls_back_silent
         seen == {"limit": compiled_step.RECOMPILE_LIMIT, "fail": True} and compiled_step.RECOMPILE_LIMIT > 8
     )
     assert (torch._dynamo.config.recompile_limit, torch._dynamo.config.fail_on_recompile_limit_hit) == before
+
+
+def test_a_compiled_run_starts_hashing_inductors_cache_keys_before_it_loads_its_data(
+    tmp_path, shared_data, mnist_small, monkeypatch
+):
+    """prefetch_cache_keys hands torch_key and triton_key (inductor's digests of torch's and triton's
+    sources, ~0.5 s) to their background prefetch; train() calls it before loading the data of a
+    compiled CPU run (so the two overlap), and never for an eager run."""
+    from torch._inductor import codecache
+
+    from vae_utils import compiled_step
+
+    events = []
+    for name in ("torch_key", "triton_key"):
+        monkeypatch.setattr(codecache, name, SimpleNamespace(prefetch=lambda n=name: events.append(n)))
+    compiled_step.prefetch_cache_keys()
+    assert events == ["torch_key", "triton_key"]
+
+    events.clear()
+
+    def stop(*args, **kwargs):  # at the first step: only what came before it matters here
+        raise Interrupted
+
+    monkeypatch.setattr(T, "prefetch_cache_keys", lambda: events.append("prefetch"))
+    monkeypatch.setattr(T, "load_config_data", lambda *args: events.append("load") or mnist_small)
+    monkeypatch.setattr(S, "train_step", stop)
+    for compile in (True, False):
+        with pytest.raises(Interrupted):
+            train(make_config(tmp_path / f"c{compile}", shared_data, compile=compile), progress=False)
+    assert events == ["prefetch", "load", "load"]
 
 
 def test_first_compiled_call_pauses_the_cyclic_collector_then_freezes_what_survives(monkeypatch):

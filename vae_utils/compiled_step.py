@@ -11,7 +11,7 @@ import contextlib
 import gc
 import math
 from collections.abc import Callable, Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -34,6 +34,15 @@ from vae_utils.model import VAE
 #: worker or a notebook that trains several shapes fall back to the eager step after the 8th, with
 #: only a log warning; past this limit the step raises instead.
 RECOMPILE_LIMIT = 256
+
+#: Inductor's options for every compiled function here: C++ for the wrapper as for the kernels (less
+#: per-call overhead than its Python wrapper), and no precompiled header. With one, every process ran
+#: the C++ preprocessor over torch's headers to check it, 0.2 s even when the compiled code came from
+#: the cache; without, a cold compile takes about 1 s longer (docs/speed.md).
+INDUCTOR_OPTIONS: dict[str, str | int | bool | Callable[..., Any]] = {
+    "cpp_wrapper": True,
+    "cpp_cache_precompile_headers": False,
+}
 
 
 def _mlp_apply(params: list[torch.Tensor], h: torch.Tensor, activation: str) -> torch.Tensor:
@@ -297,9 +306,7 @@ def compiled_train_step(
     if step is None:
         if kind not in _compiled:
             function = adagrad_step if kind == "adagrad" else adam_step
-            _compiled[kind] = torch.compile(
-                function, fullgraph=True, dynamic=False, options={"cpp_wrapper": True}
-            )
+            _compiled[kind] = torch.compile(function, fullgraph=True, dynamic=False, options=INDUCTOR_OPTIONS)
         step = _compiled[kind]
     (group,) = optimizer.param_groups
     encoder = list(model.encoder.parameters())
@@ -349,7 +356,7 @@ def posterior_value_and_grad(
     distribution, is reproducible and resumes exactly."""
     if "hmc" not in _compiled:
         _compiled["hmc"] = torch.compile(
-            log_joint_and_grad, fullgraph=True, dynamic=False, options={"cpp_wrapper": True}
+            log_joint_and_grad, fullgraph=True, dynamic=False, options=INDUCTOR_OPTIONS
         )
     compiled, spec, params = _compiled["hmc"], Spec.of(config), list(decoder.parameters())
 

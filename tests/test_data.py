@@ -631,14 +631,16 @@ def test_idx_files_read_as_torchvisions_dataset_reads_them(shared_data, name):
 
 def test_idx_reader_round_trip_and_its_error(tmp_path):
     """A 3 x 2 x 4 IDX file written here reads back as its bytes; a file of another type (0x0D,
-    float32) or a truncated one is a DatasetCorruptError naming the file and VAE_DATA_DIR."""
+    float32), a truncated one or an empty one is a DatasetCorruptError naming the file and
+    VAE_DATA_DIR."""
     values = torch.arange(24, dtype=torch.uint8).reshape(3, 2, 4)
     header = bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in (3, 2, 4))
     (tmp_path / "good").write_bytes(header + values.numpy().tobytes())
     assert torch.equal(_read_idx(tmp_path / "good"), values)
     (tmp_path / "floats").write_bytes(bytes([0, 0, 13]) + header[3:] + values.numpy().tobytes())
     (tmp_path / "short").write_bytes(header + values.numpy().tobytes()[:-1])
-    for name in ("floats", "short"):
+    (tmp_path / "empty").write_bytes(b"")
+    for name in ("floats", "short", "empty"):
         with pytest.raises(DatasetCorruptError, match=rf"{name} is not an IDX file .*VAE_DATA_DIR"):
             _read_idx(tmp_path / name)
 

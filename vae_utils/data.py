@@ -222,7 +222,7 @@ def _read_idx(path: Path) -> torch.Tensor:
     """An IDX file of unsigned bytes (LeCun's MNIST format: two zero bytes, the type 0x08, the number
     of dimensions, each dimension's size as a big-endian uint32, then the data) as a uint8 tensor."""
     raw = path.read_bytes()
-    ndim = raw[3]
+    ndim = raw[3] if len(raw) > 3 else 0
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     if raw[:3] != b"\x00\x00\x08" or len(raw) != 4 + 4 * ndim + math.prod(shape):
         raise DatasetCorruptError(f"{path} is not an IDX file of unsigned bytes. {_where_hint()}")

@@ -402,7 +402,7 @@ def test_iwae_chunked_and_unchunked_agree_within_monte_carlo_error(iw_setup):
 def test_a_float32_estimate_on_a_cpu_multiplies_with_onednn_to_the_same_numbers(iw_setup, monkeypatch):
     """A float32 model's linear layers run on oneDNN in a copy: the model keeps its nn.Linear
     layers, the estimate equals the one through torch's BLAS to float rounding and repeats exactly;
-    a float64 model is used as it is."""
+    a float64 model, and a copy already made, are used as they are."""
     from vae_utils import loss
 
     model64, x64, _ = iw_setup
@@ -411,6 +411,7 @@ def test_a_float32_estimate_on_a_cpu_multiplies_with_onednn_to_the_same_numbers(
     assert fast is not model and type(fast.decoder.net[0]).__name__ == "MkldnnLinear"
     assert all(type(m) is torch.nn.Linear for m in model.modules() if "Linear" in type(m).__name__)
     assert loss.onednn_inference_copy(model64, x64) is model64
+    assert loss.onednn_inference_copy(fast, x) is fast
     got = importance_weighted_log_likelihood(model, x, k=50, seed=1, progress=False)
     assert torch.equal(got, importance_weighted_log_likelihood(model, x, k=50, seed=1, progress=False))
     monkeypatch.setattr(loss, "onednn_inference_copy", lambda m, _: m)

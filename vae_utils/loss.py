@@ -260,10 +260,13 @@ def onednn_inference_copy(model: LatentVariableModel, x: torch.Tensor) -> Latent
     (``torch.utils.mkldnn.to_mkldnn``) instead of torch's BLAS. PyTorch's x86 wheels send float32
     matmuls to MKL, which keeps to AVX2 on AMD CPUs; oneDNN's kernels use AVX-512 there: 2.2x the
     matmul rate, 1.4x the k = 5000 estimate on an AMD EPYC (docs/speed.md). The same numbers to float
-    rounding; no gradients. ``model`` itself when ``x`` is not float32 on a CPU, oneDNN is missing
-    or ``model`` is not an ``nn.Module``."""
+    rounding; no gradients. ``model`` itself when ``x`` is not float32 on a CPU, oneDNN is missing,
+    ``model`` is not an ``nn.Module`` or it has no ``nn.Linear`` left (a copy made by this function:
+    making one costs about 7 ms, most of it TorchScript's, so a caller may make one and pass it on)."""
     usable = x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
     if not (usable and isinstance(model, torch.nn.Module)):
+        return model
+    if not any(isinstance(m, torch.nn.Linear) for m in model.modules()):
         return model
     with warnings.catch_warnings():  # its modules are built on the deprecated torch.jit.script_method
         warnings.simplefilter("ignore", FutureWarning)

@@ -144,9 +144,9 @@ def train_epoch(
     """One pass over the shuffled ``data.x_train``, one :func:`train_step` per minibatch.
 
     With ``config.compile``, an epoch's last minibatch, when it is smaller than the others, takes the
-    eager step: as a shape of its own it would cost a second graph (up to a minute to compile cold,
-    0.3 s to load warm) to save about a millisecond once an epoch. The two steps share the optimizer
-    state, so the run stays reproducible and resumes exactly.
+    eager step: as a shape of its own it would cost a second graph (tens of seconds to compile cold,
+    0.3 s to load warm) to save about a millisecond once an epoch. The two steps share the
+    optimizer state, so the run stays reproducible and resumes exactly.
 
     Returns a (n_batches, 2) tensor left on the device (nothing here waits for it, so the caller
     checks it once per epoch): column 0 the minibatch ELBOs, column 1 the losses stepped on.

@@ -17,7 +17,7 @@ import torch
 from vae_utils.compiled_step import posterior_value_and_grad, prefetch_cache_keys
 from vae_utils.config import BURDA_EPOCHS, BURDA_STAGES, TrainConfig
 from vae_utils.data import Data, batches, load_config_data
-from vae_utils.loss import evaluate, importance_weighted_log_likelihood
+from vae_utils.loss import evaluate, importance_weighted_log_likelihood, onednn_inference_copy
 from vae_utils.marginal_likelihood import fitted_proposal_log_px, hmc_log_px
 from vae_utils.mcem import MCEMState, mcem_epoch
 from vae_utils.model import VAE
@@ -178,13 +178,14 @@ def _eval_row(model: VAE, data: Data, config: TrainConfig, state: TrainState) ->
     )
     model.eval()
     if config.algorithm != "mcem":
+        inference = onednn_inference_copy(model, data.x_test)  # one copy for all three
         for split, x in (("train", training_split(data)[1]), ("test", data.x_test)):
-            values = evaluate(model, x, config.n_samples, config.kl, seed=config.seed + 1)
+            values = evaluate(inference, x, config.n_samples, config.kl, seed=config.seed + 1)
             row.update({f"{split}_{k}": v for k, v in values.items()})
         if config.eval_iw_samples is not None:
             row["test_log_px"] = (
                 importance_weighted_log_likelihood(
-                    model, data.x_test, config.eval_iw_samples, seed=config.seed + 1, progress=False
+                    inference, data.x_test, config.eval_iw_samples, seed=config.seed + 1, progress=False
                 )
                 .mean()
                 .item()

@@ -619,9 +619,7 @@ def test_test_only_load_does_not_read_the_training_split(shared_data, monkeypatc
 def test_idx_files_read_as_torchvisions_dataset_reads_them(shared_data, name):
     """The IDX reader gives torchvision's MNIST / FashionMNIST images (uint8, N x 28 x 28) and int64
     labels, element for element, for both splits."""
-    import torchvision
-
-    cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[name]
+    cls = data_module._torchvision_class(name)
     ours = data_module._read(name, shared_data)
     theirs = [cls(str(shared_data), train=train) for train in (True, False)]
     expected = [t for split in theirs for t in (split.data, split.targets)]
@@ -669,6 +667,18 @@ def test_image_grid_lays_images_out_as_torchvisions_make_grid(n, shape, nrow, pa
     images = torch.linspace(-1, 2, n * shape[0] * shape[1]).reshape(n, -1)
     expected = make_grid(images.reshape(n, 1, *shape).clamp(0, 1), nrow=nrow, padding=padding, pad_value=0.5)
     assert torch.equal(image_grid(images, shape, nrow, padding), expected[0])
+
+
+def test_image_grid_shape_padding_and_clipping():
+    images = torch.linspace(-1, 2, 6 * 28 * 28).reshape(6, 28 * 28)
+    grid = image_grid(images, (28, 28), nrow=3, padding=2)
+    assert grid.shape == (2 * (28 + 2) + 2, 3 * (28 + 2) + 2)
+    assert grid.min() >= 0 and grid.max() <= 1
+    assert torch.all(grid[0] == 0.5)  # the padding row
+    faces = torch.rand(4, 560)  # Frey Face: 28 rows of 20 pixels
+    frey = image_grid(faces, (28, 20), nrow=4, padding=0)
+    assert frey.shape == (28, 80)
+    assert torch.equal(frey[:, 20:40], faces[1].reshape(28, 20))  # tile 2, in reading order
 
 
 def test_load_test_data_loads_only_each_configs_test_split(shared_data):

@@ -101,19 +101,7 @@ def test_pca_projection_shape_order_and_explained_variance():
     assert (all_explained[:-1] >= all_explained[1:]).all()
 
 
-# ----------------------------------------------------------------------------- images and helpers
-
-
-def test_image_grid_shape_padding_and_clipping():
-    images = torch.linspace(-1, 2, 6 * 28 * 28).reshape(6, 28 * 28)
-    grid = plotting.image_grid(images, (28, 28), nrow=3, padding=2)
-    assert grid.shape == (2 * (28 + 2) + 2, 3 * (28 + 2) + 2)
-    assert grid.min() >= 0 and grid.max() <= 1
-    assert torch.all(grid[0] == 0.5)  # the padding row
-    faces = torch.rand(4, 560)  # Frey Face: 28 rows of 20 pixels
-    frey = plotting.image_grid(faces, (28, 20), nrow=4, padding=0)
-    assert frey.shape == (28, 80)
-    assert torch.equal(frey[:, 20:40], faces[1].reshape(28, 20))  # tile 2, in reading order
+# ----------------------------------------------------------------------------- helpers
 
 
 def test_interpolate_includes_both_ends():

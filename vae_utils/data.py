@@ -152,10 +152,14 @@ def _where_hint() -> str:
     )
 
 
-def _torchvision_class(name: str) -> Any:  # a torchvision dataset class (untyped), or None
+#: The datasets torchvision can download, by the name of their class in ``torchvision.datasets``.
+TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+
+
+def _torchvision_class(name: str) -> Any:  # a torchvision dataset class (untyped)
     import torchvision
 
-    return {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}.get(name)
+    return getattr(torchvision.datasets, TORCHVISION_CLASSES[name])
 
 
 def ensure_files(name: str, root: Path, download: bool = True) -> None:
@@ -167,7 +171,7 @@ def ensure_files(name: str, root: Path, download: bool = True) -> None:
     """
     expected = EXPECTED_FILES[name]
     missing = [f for f in expected if not (root / f).is_file()]
-    if name == "frey_face":
+    if name not in TORCHVISION_CLASSES:
         reason = (
             "torchvision cannot download it: get frey_rawface.mat from https://cs.nyu.edu/~roweis/data.html"
         )

@@ -10,7 +10,7 @@ import math
 import os
 import warnings
 import weakref
-from types import SimpleNamespace
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -465,36 +465,6 @@ def test_compiled_step_lifts_dynamos_recompile_limit_and_never_falls_back_silent
     assert (torch._dynamo.config.recompile_limit, torch._dynamo.config.fail_on_recompile_limit_hit) == before
 
 
-def test_a_compiled_run_starts_hashing_inductors_cache_keys_before_it_loads_its_data(
-    tmp_path, shared_data, mnist_small, monkeypatch
-):
-    """prefetch_cache_keys hands torch_key and triton_key (inductor's digests of torch's and triton's
-    sources, ~0.5 s) to their background prefetch; train() calls it before loading the data of a
-    compiled CPU run (so the two overlap), and never for an eager run."""
-    from torch._inductor import codecache
-
-    from vae_utils import compiled_step
-
-    events = []
-    for name in ("torch_key", "triton_key"):
-        monkeypatch.setattr(codecache, name, SimpleNamespace(prefetch=lambda n=name: events.append(n)))
-    compiled_step.prefetch_cache_keys()
-    assert events == ["torch_key", "triton_key"]
-
-    events.clear()
-
-    def stop(*args, **kwargs):  # at the first step: only what came before it matters here
-        raise Interrupted
-
-    monkeypatch.setattr(T, "prefetch_cache_keys", lambda: events.append("prefetch"))
-    monkeypatch.setattr(T, "load_config_data", lambda *args: events.append("load") or mnist_small)
-    monkeypatch.setattr(S, "train_step", stop)
-    for compile in (True, False):
-        with pytest.raises(Interrupted):
-            train(make_config(tmp_path / f"c{compile}", shared_data, compile=compile), progress=False)
-    assert events == ["prefetch", "load", "load"]
-
-
 def test_first_compiled_call_pauses_the_cyclic_collector_then_freezes_what_survives(monkeypatch):
     """The process's first call of a compiled function (it loads torch's compiler stack) runs with
     Python's cyclic collector paused; afterwards the collector is on again, the call's cyclic garbage
@@ -532,6 +502,114 @@ def test_first_compiled_call_pauses_the_cyclic_collector_then_freezes_what_survi
     call()
     enabled_inside, _, kept = seen[-1]
     assert enabled_inside and any(o is kept for o in gc.get_objects())  # not frozen
+
+
+def _tiny_compiled(optimizer: str = "adam", **fields) -> tuple:
+    """A 12-pixel VAE, its optimizer and a compiled CPU config: (config, model, optimizer)."""
+    config = TrainConfig(
+        latent_dim=2, hidden_dim=8, optimizer=optimizer, compile=True, device="cpu", **fields
+    )
+    torch.manual_seed(0)
+    model = VAE.from_config(config, 12)
+    return config, model, S.make_optimizer(model, config, torch.device("cpu"), 1e-2)
+
+
+def test_the_compiled_step_is_kept_on_disk_and_a_new_process_loads_it_without_compiling(
+    tmp_path, monkeypatch
+):
+    """The first use compiles the step ahead of time into one file beside inductor's cache; with this
+    process's table emptied (a new process), the step is loaded from that file with torch.compile
+    unusable, and takes the same step bit for bit. A corrupt file is compiled and written again; when
+    compiling ahead of time fails, the step is compiled in process, with a warning saying why, and
+    still gives the same numbers."""
+    import copy
+
+    from torch._inductor.runtime import cache_dir_utils
+
+    from vae_utils import compiled_step
+
+    monkeypatch.setattr(cache_dir_utils, "cache_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(compiled_step, "_steps", {})
+    config, model, optimizer = _tiny_compiled(weight_decay=1e-3)
+    x = torch.rand(5, 12, generator=torch.Generator().manual_seed(1))
+    start = copy.deepcopy((model, optimizer))
+
+    def step_from_start() -> tuple:
+        model, optimizer = copy.deepcopy(start)  # copied together: the optimizer steps the copy's parameters
+        assert optimizer.param_groups[0]["params"][0] is next(model.parameters())
+        generator = torch.Generator().manual_seed(0)
+        out = compiled_step.compiled_train_step(model, optimizer, x, config, generator)
+        return (*out, *(p.detach().clone() for p in model.parameters()))
+
+    first = step_from_start()
+    (saved,) = (tmp_path / "vae_utils_steps").iterdir()
+    assert saved.name.startswith("adam_step-") and saved.stat().st_size > 10_000
+
+    def no_compile(*args, **kwargs):
+        raise AssertionError("torch.compile called")
+
+    compiled_step._steps.clear()
+    with monkeypatch.context() as m:
+        m.setattr(torch, "compile", no_compile)
+        loaded = step_from_start()
+    assert all(torch.equal(a, b) for a, b in zip(first, loaded, strict=True))
+
+    saved.write_bytes(b"cut short")
+    compiled_step._steps.clear()
+    again = step_from_start()
+    assert saved.stat().st_size > 10_000 and all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+
+    def fails(*args):
+        raise OSError("read-only file system")
+
+    compiled_step._steps.clear()
+    monkeypatch.setattr(compiled_step, "_ahead_of_time", fails)
+    with pytest.warns(RuntimeWarning, match=r"could not be compiled ahead of time \(OSError: read-only"):
+        in_process = step_from_start()
+    assert all(torch.equal(a, b) for a, b in zip(first, in_process, strict=True))
+
+
+def test_the_ahead_of_time_cache_tells_apart_shapes_options_functions_and_instruction_sets(monkeypatch):
+    """aot_cache_path: one file per step function, argument shapes, constants, instruction set
+    torch's kernels use (ATEN_CPU_CAPABILITY) and thread count, in a folder of inductor's cache
+    directory; the same arguments always name the same file."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    from vae_utils import compiled_step
+
+    def arguments(batch: int = 5, **fields) -> tuple:
+        config, model, optimizer = _tiny_compiled(**fields)
+        seen = []
+        compiled_step.compiled_train_step(
+            model,
+            optimizer,
+            torch.rand(batch, 12),
+            config,
+            torch.Generator().manual_seed(0),
+            step=lambda *args: seen.append(args) or (torch.tensor(0.0), torch.tensor(0.0)),
+        )
+        return seen[0]
+
+    path = compiled_step.aot_cache_path(compiled_step.adam_step, arguments())
+    assert path == compiled_step.aot_cache_path(compiled_step.adam_step, arguments())
+    assert path.parent == Path(cache_dir()) / "vae_utils_steps" and path.name.startswith("adam_step-")
+    others = [
+        compiled_step.aot_cache_path(compiled_step.adam_step, arguments(batch=6)),
+        compiled_step.aot_cache_path(compiled_step.adam_step, arguments(activation="relu")),
+        compiled_step.aot_cache_path(compiled_step.adam_step, arguments(weight_decay=1e-3)),
+        compiled_step.aot_cache_path(compiled_step.adagrad_step, arguments(optimizer="adagrad")),
+    ]
+    other_isa = "DEFAULT" if torch.backends.cpu.get_cpu_capability() != "DEFAULT" else "AVX2"
+    with monkeypatch.context() as m:
+        m.setattr(torch.backends.cpu, "get_cpu_capability", lambda: other_isa)
+        others.append(compiled_step.aot_cache_path(compiled_step.adam_step, arguments()))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        others.append(compiled_step.aot_cache_path(compiled_step.adam_step, arguments()))
+    finally:
+        torch.set_num_threads(threads)
+    assert len({path, *others}) == 7
 
 
 COMPILED_OPTIMIZERS = {

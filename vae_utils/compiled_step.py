@@ -2,19 +2,27 @@
 Gaussian), and Adam or Adagrad, as one graph (forward, backward and update; torch.func traced by
 torch.compile into inductor's C++ kernels), 1.1-1.8x faster on a CPU (docs/speed.md). Checkpoints are
 interchangeable with the eager step's (:func:`vae_utils.steps.train_step`), and results agree to
-float rounding. Monte Carlo EM's E-step compiles its HMC evaluations (:func:`posterior_value_and_grad`).
+float rounding. Each step is compiled ahead of time once per machine and shape, and kept beside
+inductor's cache, so that a process loads it instead of tracing it again. Monte Carlo EM's E-step
+compiles its HMC evaluations (:func:`posterior_value_and_grad`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import math
+import platform
+import sys
+import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
+from vae_utils import continuous_bernoulli, loss
 from vae_utils.config import TrainConfig
 from vae_utils.continuous_bernoulli import (
     continuous_bernoulli_inverse_cdf,
@@ -266,19 +274,6 @@ def _calling_compiled() -> Iterator[None]:
         gc.freeze()
 
 
-def prefetch_cache_keys() -> None:
-    """Start computing what inductor's cache keys hash, in torch's own background thread: a digest of
-    torch's inductor sources and one of triton's 505 MB library, about 0.5 s that the first compiled
-    call would otherwise wait for. Called before a compiled run loads its data, so the two overlap
-    (the hashing mostly releases the GIL). It imports torch._inductor, which that call needs anyway.
-    The keys are ``prefetchable_cache`` functions of torch 2.14's ``torch._inductor.codecache``;
-    without their ``prefetch`` this does nothing more."""
-    from torch._inductor import codecache
-
-    for key in (codecache.torch_key, codecache.triton_key):
-        getattr(key, "prefetch", lambda: None)()
-
-
 def compiled_train_step(
     model: VAE,
     optimizer: torch.optim.Optimizer,
@@ -290,24 +285,20 @@ def compiled_train_step(
     """:func:`train_step` for AEVB or wake-sleep with any decoder and Adam or Adagrad, as one
     compiled graph.
 
-    ``step`` is the compiled :func:`adam_step` or :func:`adagrad_step` to call; by default one
-    compiled with inductor's C++ wrapper, once per process (the benchmark passes others).
+    ``step`` is the compiled :func:`adam_step` or :func:`adagrad_step` to call; by default the one
+    for these shapes and options from the ahead-of-time cache (:func:`aot_cache_path`), compiled
+    there with inductor's C++ wrapper on first use (the benchmark passes others).
 
     The same arguments, return value and random numbers, drawn from ``generator`` in the eager
     step's order (eps as :func:`vae_utils.loss.reparameterize` draws it; for wake-sleep then the
     prior draws and the uniforms of the fantasies' pixels); it updates the parameters
     and ``optimizer``'s own state (Adam: step, exp_avg, exp_avg_sq; Adagrad: step, sum), so
     checkpoints are interchangeable with the eager step's. Results agree with the eager step's to
-    float rounding (~1e-7), are reproducible run to run and resume exactly. The first call compiles
-    (seconds with inductor's cache warm, up to a minute cold); each new model shape or batch size
-    compiles once more.
+    float rounding (~1e-7), are reproducible run to run and resume exactly. The first call of a
+    process loads the step (about 1 s), or compiles it once per machine (up to a minute with
+    inductor's cache cold); so does each new model shape or batch size.
     """
     kind = "adagrad" if isinstance(optimizer, torch.optim.Adagrad) else "adam"
-    if step is None:
-        if kind not in _compiled:
-            function = adagrad_step if kind == "adagrad" else adam_step
-            _compiled[kind] = torch.compile(function, fullgraph=True, dynamic=False, options=INDUCTOR_OPTIONS)
-        step = _compiled[kind]
     (group,) = optimizer.param_groups
     encoder = list(model.encoder.parameters())
     params = encoder + list(model.decoder.parameters())
@@ -329,19 +320,117 @@ def compiled_train_step(
         prior = draw(len(x), model.latent_dim)
         noise += (prior, draw(*x.shape, uniform=config.decoder != "gaussian"))
     common = (x, noise, len(encoder), Spec.of(config))
-    with _calling_compiled():
-        if kind == "adagrad":
-            lr = torch.tensor(group["lr"], dtype=x.dtype)  # a tensor: a new lr needs no new graph
-            sums, counts = [s["sum"] for s in states], [s["step"] for s in states]
-            return step(params, sums, counts, lr, *common, group["eps"], group["weight_decay"])
+    if kind == "adagrad":
+        lr = torch.tensor(group["lr"], dtype=x.dtype)  # a tensor: a new lr needs no new graph
+        sums, counts = [s["sum"] for s in states], [s["step"] for s in states]
+        args: tuple = (params, sums, counts, lr, *common, group["eps"], group["weight_decay"])
+    else:
         t = states[0]["step"].item() + 1  # the step about to be taken (a CPU tensor: no sync)
         beta1, beta2 = group["betas"]
         coefs = torch.tensor([group["lr"] / (1 - beta1**t), math.sqrt(1 - beta2**t)], dtype=x.dtype)
         moments = ([s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states])
         counts = [s["step"] for s in states]
-        return step(
-            params, *moments, counts, coefs, *common, beta1, beta2, group["eps"], group["weight_decay"]
+        args = (params, *moments, counts, coefs, *common, beta1, beta2, group["eps"], group["weight_decay"])
+    if step is None:  # the shapes and constants, quicker to gather than _signature (~15 us a step)
+        scalars = tuple(a for a in args if isinstance(a, int | float | Spec))
+        step = _step_for((kind, x.dtype, tuple(t.shape for t in (x, *noise, *params)), scalars), args)
+    with _calling_compiled():
+        return step(*args)
+
+
+def _signature(args: Any) -> Any:
+    """What a compiled step is specialised on: each tensor's shape, stride and dtype (the steps take
+    CPU tensors only), every other argument's value."""
+    if isinstance(args, torch.Tensor):
+        return args.shape, args.stride(), args.dtype
+    if isinstance(args, list | tuple) and not isinstance(args, Spec):
+        return tuple(_signature(a) for a in args)
+    return args
+
+
+#: The steps this process has loaded or compiled, by optimizer, dtype, shapes and constants.
+_steps: dict[tuple, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {}
+
+
+def _step_for(key: tuple, args: tuple) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """The compiled :func:`adam_step` or :func:`adagrad_step` (``key[0]``) for ``args``: loaded
+    from the ahead-of-time cache (:func:`_ahead_of_time`), else compiled in this process by
+    ``torch.compile`` (with a warning that says why). Its guards check ``args`` at every call."""
+    kind = key[0]
+    if key not in _steps:
+        function = adagrad_step if kind == "adagrad" else adam_step
+        try:
+            _steps[key] = _ahead_of_time(function, args)
+        except Exception as error:  # an experimental API: any failure leaves the in-process compile
+            warnings.warn(
+                f"the compiled {kind} step could not be compiled ahead of time ({type(error).__name__}: "
+                f"{error}); compiling it in this process instead",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            if kind not in _compiled:
+                _compiled[kind] = torch.compile(
+                    function, fullgraph=True, dynamic=False, options=INDUCTOR_OPTIONS
+                )
+            _steps[key] = _compiled[kind]
+    return _steps[key]
+
+
+def aot_cache_path(function: Callable, args: tuple) -> Path:
+    """Where :func:`_ahead_of_time` keeps ``function`` compiled for ``args``: a folder beside
+    inductor's own cache (``TORCHINDUCTOR_CACHE_DIR``), one file per digest of everything the
+    compiled code depends on: torch's and Python's versions, the instruction set torch's kernels and
+    inductor's use (``ATEN_CPU_CAPABILITY`` included), the CPU's flags, the thread count (inductor's
+    loops are specialised on it), inductor's configuration and options, this package's traced
+    sources, and the arguments' :func:`_signature`."""
+    from torch._inductor import config as inductor_config
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    sources = [
+        Path(str(m.__file__)).read_bytes() for m in (sys.modules[__name__], loss, continuous_bernoulli)
+    ]
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    key = repr(
+        (
+            torch.__version__,
+            sys.version,
+            platform.machine(),
+            torch.backends.cpu.get_cpu_capability(),
+            next((line for line in lines if line.startswith("flags")), ""),
+            torch.get_num_threads(),
+            torch.are_deterministic_algorithms_enabled(),
+            sorted(inductor_config.save_config_portable().items()),
+            INDUCTOR_OPTIONS,
+            function.__name__,
+            _signature(args),
         )
+    )
+    digest = hashlib.sha256(key.encode() + b"".join(sources)).hexdigest()[:32]
+    return Path(cache_dir()) / "vae_utils_steps" / f"{function.__name__}-{digest}.bin"
+
+
+def _ahead_of_time(function: Callable, args: tuple) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """``function`` compiled for ``args`` with ``torch.compile(...).aot_compile`` and kept on disk
+    (:func:`aot_cache_path`), or loaded from there: the same inductor code as ``torch.compile``'s,
+    without tracing the step again in each process (0.5 s of a warm start, docs/speed.md). A file
+    that cannot be loaded, or whose guards reject ``args``, is compiled and written again."""
+    path = aot_cache_path(function, args)
+    compiled: Any  # torch's AOTCompiledFunction, which has no public type
+    if path.is_file():
+        try:
+            with path.open("rb") as file:
+                compiled = torch.compiler.load_compiled_function(file)
+            if compiled.guard_check(*args):
+                return compiled
+        except Exception:  # written by another torch, or cut short: made again below
+            pass
+    with torch._dynamo.config.patch(enable_aot_compile=True):
+        jit: Any = torch.compile(function, fullgraph=True, dynamic=False, options=INDUCTOR_OPTIONS)
+        compiled = jit.aot_compile((args, {}))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compiled.save_compiled_function(str(path))  # written to a temporary file, then renamed
+    return compiled
 
 
 def posterior_value_and_grad(

@@ -14,7 +14,7 @@ import warnings
 import pandas as pd
 import torch
 
-from vae_utils.compiled_step import posterior_value_and_grad, prefetch_cache_keys
+from vae_utils.compiled_step import posterior_value_and_grad
 from vae_utils.config import BURDA_EPOCHS, BURDA_STAGES, TrainConfig
 from vae_utils.data import Data, batches, load_config_data
 from vae_utils.loss import evaluate, importance_weighted_log_likelihood, onednn_inference_copy
@@ -317,8 +317,6 @@ def _train_locked(
 ) -> Run:
     """:func:`train` once it holds the run directory's lock; ``tb`` writes the evaluations' events."""
     checkpoint = prepare_run_dir(config, overwrite, resume)
-    if config.compile and device.type == "cpu":
-        prefetch_cache_keys()
     if data is None:
         data = load_config_data(config, device)
     lr = _pilot(config, data, device, progress) if checkpoint is None else checkpoint["state"]["lr"]

@@ -38,9 +38,10 @@ def test_no_option_is_the_original_study():
         c.lr,
         c.patience,
     ) == ("mnist", "bernoulli", 500, 2, 100, 100, "adagrad", 0.01, 3)
-    assert c.to_dict() == TrainConfig().to_dict()
+    default = TrainConfig(compile=True).to_dict()  # the study's one default of its own: compiled steps
+    assert c.to_dict() == default
     assert s.name == "mnist_bernoulli_z2_h500_s0" and c.run_dir == "runs/mnist_bernoulli_z2_h500_s0"
-    assert s.parameters["02_train"] == {**TrainConfig().to_dict(), "overwrite": False, "resume": False}
+    assert s.parameters["02_train"] == {**default, "overwrite": False, "resume": False}
     assert s.parameters["01_derivation"] == {"seed": 0}
     assert s.parameters["03_loss_curves"] == {"run_dir": c.run_dir, "seed": 0}  # notebook's defaults
 
@@ -99,6 +100,16 @@ def test_quick_mode_is_small_and_named_apart():
     assert s.name == "mnist_bernoulli_z2_h500_s0_quick" and s.config.run_dir == f"runs/{s.name}"
     assert s.parameters["03_loss_curves"]["iw_samples"] == study.QUICK_ANALYSIS["iw_samples"]
     assert plan(["--quick", "--epochs", "5"]).config.epochs == 5  # explicit options win
+
+
+def test_the_study_compiles_its_training_step_unless_quick_or_told_not_to():
+    """The study's one default beyond TrainConfig's: compile=True (it pays over 100 epochs), not in
+    a --quick smoke run (3 short epochs: the compile would cost more than it saves); --no-compile
+    and --compile win either way, and --help says so."""
+    assert plan([]).config.compile and plan([]).parameters["02_train"]["compile"] is True
+    assert not plan(["--quick"]).config.compile
+    assert not plan(["--no-compile"]).config.compile and plan(["--quick", "--compile"]).config.compile
+    assert "default True (False with --quick)" in " ".join(study.build_parser().format_help().split())
 
 
 def test_name_run_dir_resume_overwrite():

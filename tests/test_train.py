@@ -504,6 +504,35 @@ def test_first_compiled_call_pauses_the_cyclic_collector_then_freezes_what_survi
     assert enabled_inside and any(o is kept for o in gc.get_objects())  # not frozen
 
 
+def test_torchs_no_cuda_runtime_notice_is_dropped_once_a_compiled_step_has_run(monkeypatch):
+    """Inductor's first C++ build imports torch.utils.cpp_extension, which logs "No CUDA runtime is
+    found" where a CUDA toolkit sits on a machine without a GPU (it would stand in notebook 02's
+    output); from the first compiled call on that one notice is filtered out, other records are not."""
+    import logging
+
+    from vae_utils import compiled_step
+
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    monkeypatch.setattr(logger, "filters", [])
+    monkeypatch.setattr(compiled_step, "_compiler_loaded", False)
+
+    def record(message: str, *args) -> logging.LogRecord:
+        return logger.makeRecord(logger.name, logging.WARNING, __file__, 1, message, args, None)
+
+    notice = record("No CUDA runtime is found, using CUDA_HOME='%s'", "/usr/local")
+    assert logger.filter(notice)
+    config, model, optimizer = _tiny_compiled()
+    compiled_step.compiled_train_step(
+        model,
+        optimizer,
+        torch.rand(5, 12),
+        config,
+        torch.Generator().manual_seed(0),
+        step=lambda *args: (torch.tensor(0.0), torch.tensor(0.0)),
+    )
+    assert not logger.filter(notice) and logger.filter(record("Error checking compiler version"))
+
+
 def _tiny_compiled(optimizer: str = "adam", **fields) -> tuple:
     """A 12-pixel VAE, its optimizer and a compiled CPU config: (config, model, optimizer)."""
     config = TrainConfig(

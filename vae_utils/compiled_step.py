@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+import logging
 import math
 import platform
 import sys
@@ -37,10 +38,11 @@ from vae_utils.loss import (
 )
 from vae_utils.model import VAE
 
-#: Graphs one process may compile for the step (one per model shape, batch size and option set; an
-#: epoch's last, smaller minibatch takes the eager step instead). Dynamo's default of 8 would let a sweep
-#: worker or a notebook that trains several shapes fall back to the eager step after the 8th, with
-#: only a log warning; past this limit the step raises instead.
+#: Graphs one process may compile with ``torch.compile`` for one function (one per model shape,
+#: batch size and option set): MCEM's E-step, and the training step when it cannot be compiled
+#: ahead of time (each ahead-of-time step is a function of its own). Dynamo's default of 8 would let
+#: a sweep worker or a notebook that trains several shapes fall back to the eager step after the
+#: 8th, with only a log warning; past this limit the step raises instead.
 RECOMPILE_LIMIT = 256
 
 #: Inductor's options for every compiled function here: C++ for the wrapper as for the kernels (less
@@ -240,6 +242,13 @@ _recompile_limit: contextlib.AbstractContextManager | None = None
 _compiler_loaded = False
 
 
+def _no_cuda_runtime_notice(record: logging.LogRecord) -> bool:
+    """A logging filter that drops torch's "No CUDA runtime is found, using CUDA_HOME=..." notice,
+    which inductor's first C++ build prints where a CUDA toolkit is installed without a GPU: these
+    steps compile for the CPU only, and it would stand in notebook 02's output."""
+    return not record.getMessage().startswith("No CUDA runtime is found")
+
+
 @contextlib.contextmanager
 def _calling_compiled() -> Iterator[None]:
     """Around every call of a compiled function: dynamo's recompile limit raised to
@@ -251,7 +260,8 @@ def _calling_compiled() -> Iterator[None]:
     the compilation's garbage and ``gc.freeze()`` moves every survivor to the permanent generation,
     so that later full collections, and the one at interpreter exit, skip them (about 1.5 s of a
     short training process, docs/speed.md). Everything alive then stays exempt from cyclic collection
-    (``gc.unfreeze()`` undoes it); reference counting still frees it."""
+    (``gc.unfreeze()`` undoes it); reference counting still frees it. From that call on, torch's
+    notice that no CUDA runtime was found is filtered out (:func:`_no_cuda_runtime_notice`)."""
     global _recompile_limit, _compiler_loaded
     if _recompile_limit is None:
         _recompile_limit = torch._dynamo.config.patch(
@@ -261,6 +271,7 @@ def _calling_compiled() -> Iterator[None]:
         with _recompile_limit:
             yield
         return
+    logging.getLogger("torch.utils.cpp_extension").addFilter(_no_cuda_runtime_notice)
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -331,10 +342,10 @@ def compiled_train_step(
         moments = ([s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states])
         counts = [s["step"] for s in states]
         args = (params, *moments, counts, coefs, *common, beta1, beta2, group["eps"], group["weight_decay"])
-    if step is None:  # the shapes and constants, quicker to gather than _signature (~15 us a step)
-        scalars = tuple(a for a in args if isinstance(a, int | float | Spec))
-        step = _step_for((kind, x.dtype, tuple(t.shape for t in (x, *noise, *params)), scalars), args)
-    with _calling_compiled():
+    with _calling_compiled():  # loading or compiling the step included
+        if step is None:  # the shapes and constants, quicker to gather than _signature (~15 us a step)
+            scalars = tuple(a for a in args if isinstance(a, int | float | Spec))
+            step = _step_for((kind, x.dtype, tuple(v.shape for v in (x, *noise, *params)), scalars), args)
         return step(*args)
 
 

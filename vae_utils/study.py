@@ -55,12 +55,12 @@ CONTRACT = {
 
 #: ``--quick``: small enough to finish in a minute or two on a 2-core CPU. Explicit options win.
 QUICK_TRAIN = {"train_subset": 2000, "test_subset": 500, "epochs": 3}
+QUICK_ANALYSIS = {"iw_samples": 100, "iw_subset": 200}
 #: The study's one default beyond TrainConfig's (not with ``--quick``; ``--no-compile`` to leave it):
 #: on a CPU each training step is one compiled graph, which pays over the study's 100 epochs even
 #: with inductor's cache cold (docs/speed.md). ``compile`` does not change what is trained (a
 #: placement field: the run's name and a resume ignore it); the bounds agree to the printed digits.
 STUDY_TRAIN = {"compile": True}
-QUICK_ANALYSIS = {"iw_samples": 100, "iw_subset": 200}
 
 
 class StudyError(NotebookError):

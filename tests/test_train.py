@@ -439,6 +439,16 @@ def test_history_csv_matches_returned_history(finished_run):
 # ----------------------------------------------------------------------------- the compiled step
 
 
+def _tiny_compiled(optimizer: str = "adam", **fields) -> tuple:
+    """A 12-pixel VAE, its optimizer and a compiled CPU config: (config, model, optimizer)."""
+    config = TrainConfig(
+        latent_dim=2, hidden_dim=8, optimizer=optimizer, compile=True, device="cpu", **fields
+    )
+    torch.manual_seed(0)
+    model = VAE.from_config(config, 12)
+    return config, model, S.make_optimizer(model, config, torch.device("cpu"), 1e-2)
+
+
 def test_compiled_step_lifts_dynamos_recompile_limit_and_never_falls_back_silently():
     """Each model shape and batch size is a graph of its own: the step runs with dynamo's limit of 8
     graphs per function raised to RECOMPILE_LIMIT, and with a limit hit an error rather than a quiet
@@ -453,9 +463,7 @@ def test_compiled_step_lifts_dynamos_recompile_limit_and_never_falls_back_silent
         return torch.tensor(0.0), torch.tensor(0.0)
 
     before = (torch._dynamo.config.recompile_limit, torch._dynamo.config.fail_on_recompile_limit_hit)
-    config = TrainConfig(latent_dim=2, hidden_dim=8, optimizer="adam", compile=True, device="cpu")
-    model = VAE.from_config(config, 12)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    config, model, optimizer = _tiny_compiled()
     compiled_step.compiled_train_step(
         model, optimizer, torch.rand(5, 12), config, torch.Generator().manual_seed(0), step=fake_step
     )
@@ -484,9 +492,7 @@ def test_first_compiled_call_pauses_the_cyclic_collector_then_freezes_what_survi
         return torch.tensor(0.0), torch.tensor(0.0)
 
     monkeypatch.setattr(compiled_step, "_compiler_loaded", False)
-    config = TrainConfig(latent_dim=2, hidden_dim=8, optimizer="adam", compile=True, device="cpu")
-    model = VAE.from_config(config, 12)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    config, model, optimizer = _tiny_compiled()
 
     def call() -> None:
         compiled_step.compiled_train_step(
@@ -531,16 +537,6 @@ def test_torchs_no_cuda_runtime_notice_is_dropped_once_a_compiled_step_has_run(m
         step=lambda *args: (torch.tensor(0.0), torch.tensor(0.0)),
     )
     assert not logger.filter(notice) and logger.filter(record("Error checking compiler version"))
-
-
-def _tiny_compiled(optimizer: str = "adam", **fields) -> tuple:
-    """A 12-pixel VAE, its optimizer and a compiled CPU config: (config, model, optimizer)."""
-    config = TrainConfig(
-        latent_dim=2, hidden_dim=8, optimizer=optimizer, compile=True, device="cpu", **fields
-    )
-    torch.manual_seed(0)
-    model = VAE.from_config(config, 12)
-    return config, model, S.make_optimizer(model, config, torch.device("cpu"), 1e-2)
 
 
 def test_the_compiled_step_is_kept_on_disk_and_a_new_process_loads_it_without_compiling(

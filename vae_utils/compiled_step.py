@@ -230,8 +230,15 @@ def log_joint_and_grad(
     return value, grad
 
 
-#: The compiled steps, one per optimizer, and the E-step's evaluation ("hmc"), each compiled once
-#: per process on its first use.
+def _compile(function: Callable) -> Any:
+    """``torch.compile`` as every function here is compiled: one whole graph (an error rather than a
+    graph break), static shapes, :data:`INDUCTOR_OPTIONS`."""
+    return torch.compile(function, fullgraph=True, dynamic=False, options=INDUCTOR_OPTIONS)
+
+
+#: What this process compiled with torch.compile: the training step per optimizer, where it could
+#: not be compiled ahead of time (:func:`_step_for`), and the E-step's evaluation ("hmc"), each on
+#: its first use.
 _compiled: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {}
 
 
@@ -380,9 +387,7 @@ def _step_for(key: tuple, args: tuple) -> Callable[..., tuple[torch.Tensor, torc
                 stacklevel=3,
             )
             if kind not in _compiled:
-                _compiled[kind] = torch.compile(
-                    function, fullgraph=True, dynamic=False, options=INDUCTOR_OPTIONS
-                )
+                _compiled[kind] = _compile(function)
             _steps[key] = _compiled[kind]
     return _steps[key]
 
@@ -437,8 +442,7 @@ def _ahead_of_time(function: Callable, args: tuple) -> Callable[..., tuple[torch
         except Exception:  # written by another torch, or cut short: made again below
             pass
     with torch._dynamo.config.patch(enable_aot_compile=True):
-        jit: Any = torch.compile(function, fullgraph=True, dynamic=False, options=INDUCTOR_OPTIONS)
-        compiled = jit.aot_compile((args, {}))
+        compiled = _compile(function).aot_compile((args, {}))
     path.parent.mkdir(parents=True, exist_ok=True)
     compiled.save_compiled_function(str(path))  # written to a temporary file, then renamed
     return compiled
@@ -455,9 +459,7 @@ def posterior_value_and_grad(
     so a last-bit difference can flip an acceptance: a compiled MCEM run matches the eager one in
     distribution, is reproducible and resumes exactly."""
     if "hmc" not in _compiled:
-        _compiled["hmc"] = torch.compile(
-            log_joint_and_grad, fullgraph=True, dynamic=False, options=INDUCTOR_OPTIONS
-        )
+        _compiled["hmc"] = _compile(log_joint_and_grad)
     compiled, spec, params = _compiled["hmc"], Spec.of(config), list(decoder.parameters())
 
     def of_chunk(x: torch.Tensor) -> ValueAndGrad:

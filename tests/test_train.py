@@ -8,6 +8,7 @@ import gc
 import json
 import math
 import os
+import stat
 import warnings
 import weakref
 from pathlib import Path
@@ -542,11 +543,11 @@ def test_torchs_no_cuda_runtime_notice_is_dropped_once_a_compiled_step_has_run(m
 def test_the_compiled_step_is_kept_on_disk_and_a_new_process_loads_it_without_compiling(
     tmp_path, monkeypatch
 ):
-    """The first use compiles the step ahead of time into one file beside inductor's cache; with this
-    process's table emptied (a new process), the step is loaded from that file with torch.compile
-    unusable, and takes the same step bit for bit. A corrupt file is compiled and written again; when
-    compiling ahead of time fails, the step is compiled in process, with a warning saying why, and
-    still gives the same numbers."""
+    """The first use compiles the step ahead of time into one file beside inductor's cache, with the
+    umask's permissions; with this process's table emptied (a new process), the step is loaded from
+    that file with torch.compile unusable, and takes the same step bit for bit. A corrupt file is
+    compiled and written again; when compiling ahead of time fails, the step is compiled in process,
+    with a warning saying why, and still gives the same numbers."""
     import copy
 
     from torch._inductor.runtime import cache_dir_utils
@@ -566,9 +567,14 @@ def test_the_compiled_step_is_kept_on_disk_and_a_new_process_loads_it_without_co
         out = compiled_step.compiled_train_step(model, optimizer, x, config, generator)
         return (*out, *(p.detach().clone() for p in model.parameters()))
 
-    first = step_from_start()
+    umask = os.umask(0o002)  # a folder shared by a group: the file is the group's to read and write
+    try:
+        first = step_from_start()
+    finally:
+        os.umask(umask)
     (saved,) = (tmp_path / "vae_utils_steps").iterdir()
     assert saved.name.startswith("adam_step-") and saved.stat().st_size > 10_000
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o664  # not the private 0600 of a temporary file
 
     def no_compile(*args, **kwargs):
         raise AssertionError("torch.compile called")

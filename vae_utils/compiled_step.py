@@ -14,6 +14,7 @@ import gc
 import hashlib
 import logging
 import math
+import os
 import platform
 import sys
 import warnings
@@ -444,7 +445,12 @@ def _ahead_of_time(function: Callable, args: tuple) -> Callable[..., tuple[torch
     with torch._dynamo.config.patch(enable_aot_compile=True):
         compiled = _compile(function).aot_compile((args, {}))
     path.parent.mkdir(parents=True, exist_ok=True)
-    compiled.save_compiled_function(str(path))  # written to a temporary file, then renamed
+    # Written to a temporary file, then renamed. Not with save_compiled_function, whose temporary
+    # file is private (0600): like inductor's own files, this one takes the umask's permissions, so
+    # the users of a shared cache folder can load it.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_bytes(type(compiled).serialize(compiled).serialized_data)
+    os.replace(temporary, path)
     return compiled
 
 

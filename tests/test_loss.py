@@ -132,6 +132,33 @@ def test_bernoulli_log_likelihood_broadcasts_x_over_samples():
     torch.testing.assert_close(ours, ref)
 
 
+def test_bernoulli_log_likelihood_forward_leaves_its_inputs_alone_and_sums_the_pixel_terms():
+    """The autograd Function's forward works in place on a buffer of its own: logits and x come out
+    unchanged (x broadcast over samples), and the sum equals bernoulli_pixel_log_likelihood's (the
+    expression the compiled step traces) to float32 rounding."""
+    from vae_utils.loss import bernoulli_pixel_log_likelihood
+
+    g = _gen(5)
+    logits = torch.randn(40, 3, 784, generator=g) * 8
+    x = torch.rand(3, 784, generator=g)
+    before = logits.clone(), x.clone()
+    ours = bernoulli_log_likelihood(logits, x)
+    assert torch.equal(logits, before[0]) and torch.equal(x, before[1])
+    reference = bernoulli_pixel_log_likelihood(logits.double(), x.double()).sum(-1)
+    torch.testing.assert_close(ours.double(), reference, rtol=1e-6, atol=1e-4)
+
+
+def test_sigmoid_tanh_is_tanh_to_float32_rounding():
+    """SigmoidTanh, the inference copies' tanh, is within 2e-7 of the exact tanh everywhere,
+    including tiny, large and infinite arguments (saturating at exactly -1 and 1), and keeps NaN."""
+    from vae_utils.loss import SigmoidTanh
+
+    y = torch.cat([torch.linspace(-30, 30, 600_001), torch.tensor([0.0, 1e-30, -1e-30, 1e-8, 90.0, -90.0])])
+    torch.testing.assert_close(SigmoidTanh()(y).double(), torch.tanh(y.double()), rtol=0, atol=2e-7)
+    ends = SigmoidTanh()(torch.tensor([math.inf, -math.inf, math.nan]))
+    assert ends[0] == 1 and ends[1] == -1 and ends[2].isnan()
+
+
 def test_bernoulli_gradient_gradcheck_float64():
     """The custom autograd Function's backward (x - sigmoid(l) for l, l for x) passes
     torch.autograd.gradcheck in float64, for logits up to +-30, grey x, and x broadcast over a
@@ -400,16 +427,19 @@ def test_iwae_chunked_and_unchunked_agree_within_monte_carlo_error(iw_setup):
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN is not in this torch build")
 def test_a_float32_estimate_on_a_cpu_multiplies_with_onednn_to_the_same_numbers(iw_setup, monkeypatch):
-    """A float32 model's linear layers run on oneDNN in a copy: the model keeps its nn.Linear
-    layers, the estimate equals the one through torch's BLAS to float rounding and repeats exactly;
-    a float64 model, and a copy already made, are used as they are."""
+    """A float32 model's linear layers run on oneDNN in a copy, its tanh as SigmoidTanh: the model
+    keeps its nn.Linear and nn.Tanh layers, the estimate equals the one through torch's BLAS and
+    torch.tanh to float rounding and repeats exactly; a float64 model, and a copy already made, are
+    used as they are."""
     from vae_utils import loss
 
     model64, x64, _ = iw_setup
     model, x = copy.deepcopy(model64).float(), x64[:50].float()
     fast = loss.onednn_inference_copy(model, x)
     assert fast is not model and type(fast.decoder.net[0]).__name__ == "MkldnnLinear"
+    assert type(fast.decoder.net[1]) is loss.SigmoidTanh and type(fast.encoder.net[1]) is loss.SigmoidTanh
     assert all(type(m) is torch.nn.Linear for m in model.modules() if "Linear" in type(m).__name__)
+    assert type(model.decoder.net[1]) is torch.nn.Tanh
     assert loss.onednn_inference_copy(model64, x64) is model64
     assert loss.onednn_inference_copy(fast, x) is fast
     got = importance_weighted_log_likelihood(model, x, k=50, seed=1, progress=False)

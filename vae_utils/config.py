@@ -398,9 +398,9 @@ class TrainConfig:
         check_choice("autocast", self.autocast, AUTOCASTS)
         excluded = self.dtype != "float32" or self.algorithm == "mcem" or self.decoder == "gaussian"
         if self.autocast != "none" and excluded:
-            c = self
-            allowed = f"'none' with dtype={c.dtype!r}, algorithm={c.algorithm!r} and decoder={c.decoder!r}"
-            fail("autocast", c.autocast, allowed + " (float32 AEVB and wake-sleep, (continuous) Bernoulli)")
+            used = f"dtype={self.dtype!r}, algorithm={self.algorithm!r} and decoder={self.decoder!r}"
+            kinds = "float32 AEVB and wake-sleep, (continuous) Bernoulli"
+            fail("autocast", self.autocast, f"'none' with {used} ({kinds})")
         check_bool("tensorboard", self.tensorboard)
         for field in ("run_dir", "data_dir"):
             value = getattr(self, field)

@@ -306,6 +306,8 @@ def test_index_lists_studies_and_reports_in_one_table(tmp_path):
 
 
 def test_study_command_rebuilds_the_command_line():
+    """The options, --quick and a name of one's own; never --resume or --overwrite, which change no
+    number and would make a copied command replace the reader's own run."""
     config = TrainConfig(latent_dim=5, sigmoid_mean=True)
     record = {
         "name": config.name + "_quick",
@@ -321,6 +323,7 @@ def test_study_command_rebuilds_the_command_line():
             {
                 "name": "mnist_bernoulli_z2_h500_s0",
                 "quick": False,
+                "overwrite": True,
                 "options": {},
                 "config": TrainConfig().to_dict(),
             }
@@ -334,7 +337,7 @@ def test_study_command_rebuilds_the_command_line():
         "options": {"sigmoid_mean": False, "run_dir": "runs/my run"},
     }
     assert index_page.study_command(record) == (
-        "python -m vae_utils.study --no-sigmoid-mean --run-dir 'runs/my run' --resume --name by-hand"
+        "python -m vae_utils.study --no-sigmoid-mean --run-dir 'runs/my run' --name by-hand"
     )
 
 

@@ -267,8 +267,10 @@ def study_results(folder: Path, record: dict) -> dict:
 
 
 def study_command(record: dict) -> str:
-    """The command that made a study, from its ``study.json``: ``python -m vae_utils.study
-    --decoder gaussian``. ``--name`` is given only when it is not the configuration's own name."""
+    """The command that makes a study again, from its ``study.json``: ``python -m vae_utils.study
+    --decoder gaussian``. ``--name`` is given only when it is not the configuration's own name;
+    ``--resume`` and ``--overwrite``, which say what to do with a run already there and change no
+    number, are left out, so that a reader who copies the command never replaces a run of theirs."""
     parts = ["python", "-m", "vae_utils.study"]
     for option, value in (record.get("options") or {}).items():
         flag = "--" + option.replace("_", "-")
@@ -276,7 +278,8 @@ def study_command(record: dict) -> str:
             parts.append(flag if value else "--no-" + option.replace("_", "-"))
         else:
             parts += [flag, "none" if value is None else str(value)]
-    parts += ["--" + mode for mode in ("quick", "resume", "overwrite") if record.get(mode) is True]
+    if record.get("quick") is True:
+        parts.append("--quick")
     name = record.get("name")
     if name and name != _default_name(record):
         parts += ["--name", name]

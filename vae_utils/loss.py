@@ -308,7 +308,7 @@ def importance_weighted_log_likelihood(
     rises with k towards it; k = 1 is the ELBO (estimator A). The k samples are drawn in chunks so
     that no intermediate tensor exceeds ``max_elements`` numbers, and combined with a running
     logsumexp. The default, 2^21 on a CPU (fastest there: the chunk stays in cache; k = 5000 on
-    MNIST's 10,000 test images then takes 3.5 minutes on 2 AVX-512 cores) and 2^26 on a GPU, keeps
+    MNIST's 10,000 test images then takes 2.5 minutes on 2 AVX-512 cores) and 2^26 on a GPU, keeps
     memory to tens or hundreds of MB. A float32 model on a CPU multiplies with oneDNN
     (:func:`onednn_inference_copy`).
     """

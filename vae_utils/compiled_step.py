@@ -14,7 +14,6 @@ import gc
 import hashlib
 import logging
 import math
-import os
 import platform
 import sys
 import warnings
@@ -38,6 +37,7 @@ from vae_utils.loss import (
     standard_normal_log_density,
 )
 from vae_utils.model import VAE
+from vae_utils.runfiles import atomic_write_bytes
 
 #: Graphs one process may compile with ``torch.compile`` for one function (one per model shape,
 #: batch size and option set): MCEM's E-step, and the training step when it cannot be compiled
@@ -445,12 +445,9 @@ def _ahead_of_time(function: Callable, args: tuple) -> Callable[..., tuple[torch
     with torch._dynamo.config.patch(enable_aot_compile=True):
         compiled = _compile(function).aot_compile((args, {}))
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Written to a temporary file, then renamed. Not with save_compiled_function, whose temporary
-    # file is private (0600): like inductor's own files, this one takes the umask's permissions, so
-    # the users of a shared cache folder can load it.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_bytes(type(compiled).serialize(compiled).serialized_data)
-    os.replace(temporary, path)
+    # Not save_compiled_function, whose temporary file stays private (0600) after the rename: with the
+    # umask's permissions, like inductor's own files, the users of a shared cache folder can load it.
+    atomic_write_bytes(path, type(compiled).serialize(compiled).serialized_data)
     return compiled
 
 

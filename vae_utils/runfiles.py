@@ -73,7 +73,11 @@ def timestamp() -> str:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda f: f.write(text.encode()))
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic(path, lambda f: f.write(data))
 
 
 def read_json(path: Path) -> dict:

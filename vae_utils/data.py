@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from vae_utils.config import (
@@ -225,12 +226,13 @@ def _read(name: str, root: Path, train: bool = True) -> _Split:
 def _read_idx(path: Path) -> torch.Tensor:
     """An IDX file of unsigned bytes (LeCun's MNIST format: two zero bytes, the type 0x08, the number
     of dimensions, each dimension's size as a big-endian uint32, then the data) as a uint8 tensor."""
-    raw = path.read_bytes()
-    ndim = raw[3] if len(raw) > 3 else 0
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    if raw[:3] != b"\x00\x00\x08" or len(raw) != 4 + 4 * ndim + math.prod(shape):
+    raw = np.fromfile(path, dtype=np.uint8)  # read once, into a writable array
+    ndim = int(raw[3]) if len(raw) > 3 else 0
+    sizes = raw[4 : 4 + 4 * ndim].tobytes()
+    shape = tuple(int.from_bytes(sizes[4 * i : 4 * i + 4], "big") for i in range(ndim))
+    if raw[:3].tobytes() != b"\x00\x00\x08" or len(raw) != 4 + 4 * ndim + math.prod(shape):
         raise DatasetCorruptError(f"{path} is not an IDX file of unsigned bytes. {_where_hint()}")
-    return torch.frombuffer(bytearray(raw), dtype=torch.uint8, offset=4 + 4 * ndim).reshape(shape)
+    return torch.from_numpy(raw[4 + 4 * ndim :]).reshape(shape)
 
 
 def load_dataset(
@@ -269,7 +271,7 @@ def load_dataset(
     x_train, y_train, x_test, y_test = _read(name, root, train)
 
     def scaled(x: torch.Tensor) -> torch.Tensor:  # (N, H, W) uint8 -> (N, D) floats in [0, 1]
-        return x.reshape(len(x), -1).to(device, getattr(torch, dtype)) / 255.0
+        return x.reshape(len(x), -1).to(device, getattr(torch, dtype)).div_(255.0)  # one copy, not two
 
     x_train, x_test = (None if x_train is None else scaled(x_train)), scaled(x_test)
     x_train_eval = None if x_train is None else x_train[:TRAIN_EVAL_SIZE]

@@ -20,8 +20,10 @@ the folder that holds ``MNIST/raw/``.
 One untimed warm-up run of each comes first (it fills the OS file cache and torch.compile's
 on-disk cache; printed as the cold time), then ``--repeats`` rounds that alternate reference and
 project, each process timed with ``time.perf_counter()`` around ``subprocess.run``. Printed: every
-run's seconds, the median of each, the ratio reference median / project median, and a Markdown
-table for docs/speed.md. Nothing is kept (temporary folders, removed after each run).
+run's seconds, the median of each, the ratio reference median / project median (the figure
+reported), each round's own ratio (its two processes ran back to back, so a slow drift of the
+machine's speed cancels more in it), and a Markdown table for docs/speed.md. Nothing is kept
+(temporary folders, removed after each run).
 """
 
 from __future__ import annotations
@@ -166,6 +168,11 @@ def main() -> None:
         runs = ", ".join(f"{t:.2f}" for t in times[name])
         print(f"{name:9} median {medians[name]:8.2f} s   (runs: {runs})")
     print(f"reference median / project median: {ratio:.2f}x")
+    paired = [r / p for r, p in zip(times["reference"], times["project"], strict=True)]
+    print(
+        f"each round's own ratio: {', '.join(f'{x:.2f}' for x in paired)} (median "
+        f"{statistics.median(paired):.2f}x; the ratio of the medians above is the figure reported)"
+    )
 
     epochs = f"{args.epochs} epoch{'s' if args.epochs != 1 else ''}"
     print()

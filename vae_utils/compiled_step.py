@@ -267,11 +267,11 @@ def _calling_compiled() -> Iterator[None]:
     during that call (it would walk them several times as they appear), so everything the call made
     is in the youngest generation: collecting that one frees the compilation's garbage (0.045 s; a
     full collection found 10 objects more in 0.19 s), and ``gc.freeze()`` moves every survivor to the
-    permanent generation,
-    so that later full collections, and the one at interpreter exit, skip them (about 1.5 s of a
-    short training process, docs/speed.md). Everything alive then stays exempt from cyclic collection
-    (``gc.unfreeze()`` undoes it); reference counting still frees it. From that call on, torch's
-    notice that no CUDA runtime was found is filtered out (:func:`_no_cuda_runtime_notice`)."""
+    permanent generation, so that later full collections, and the one at interpreter exit, skip them
+    (about 1.5 s of a short training process, docs/speed.md). Everything alive then stays exempt
+    from cyclic collection (``gc.unfreeze()`` undoes it); reference counting still frees it. From
+    that call on, torch's notice that no CUDA runtime was found is filtered out
+    (:func:`_no_cuda_runtime_notice`)."""
     global _recompile_limit, _compiler_loaded
     if _recompile_limit is None:
         _recompile_limit = torch._dynamo.config.patch(
